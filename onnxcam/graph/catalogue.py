@@ -1,0 +1,148 @@
+"""The tensor catalogue: every intermediate tensor, its producer, shape and layout; the default layer and score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from onnxcam.errors import LayerError, ModelError
+from onnxcam.graph.autodiff import ancestors
+from onnxcam.graph.builder import Shape, _elem_types, _static_shapes
+from onnxcam.graph.load import FLOAT_TYPES
+
+# Ops that keep the layout of their (first) input.
+_LAYOUT_KEEPING = {
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh",
+    "Softplus", "Erf", "Gelu", "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Sqrt", "Exp", "Log", "Reciprocal", "Abs",
+    "Max", "Min", "Sum", "Mean", "Identity", "Dropout", "Cast", "Mish", "QuantizeLinear", "DequantizeLinear", "Pad",
+    "Resize", "Upsample", "Where",
+}
+_NCHW_PRODUCERS = {
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization", "InstanceNormalization",
+    "LRN", "GroupNormalization", "ConvInteger", "QLinearConv", "DepthToSpace", "SpaceToDepth",
+}
+# Ops after which the activation is a probability: scores are taken before them.
+NORMALISERS = {"Softmax", "LogSoftmax", "Sigmoid"}
+_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    op_type: str      # producing op ("" for a graph input)
+    node: str         # producing node's name
+    shape: Shape | None
+    float: bool
+    layout: str | None  # "NCHW" or "NHWC" for spatial feature maps, else None
+
+    @property
+    def spatial(self) -> bool:
+        return self.layout is not None
+
+
+def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
+    """Graph inputs and every node output, in graph order."""
+    graph = model.graph
+    shapes, types = _static_shapes(graph), _elem_types(graph)
+    layouts: dict[str, str | None] = {}
+    infos: list[TensorInfo] = []
+
+    def add(name: str, op_type: str, node_name: str, layout_hint: str | None) -> None:
+        shape = shapes.get(name)
+        is_float = types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
+        layout = _layout(shape, layout_hint) if is_float else None
+        layouts[name] = layout
+        infos.append(TensorInfo(name, op_type, node_name, shape, is_float, layout))
+
+    weights = {t.name for t in graph.initializer}
+    for value in graph.input:
+        if value.name not in weights:
+            add(value.name, "", "", None)
+    for node in graph.node:
+        hint = _layout_hint(node, layouts)
+        for out in node.output:
+            if out:
+                add(out, node.op_type, node.name, hint)
+    return infos
+
+
+def _layout_hint(node: onnx.NodeProto, layouts: dict[str, str | None]) -> str | None:
+    if node.op_type in _NCHW_PRODUCERS:
+        return "NCHW"
+    if node.op_type in _LAYOUT_KEEPING:
+        return next((layouts[i] for i in node.input if layouts.get(i)), None)
+    if node.op_type == "Transpose":
+        perm = [a.ints for a in node.attribute if a.name == "perm"]
+        if perm and list(perm[0]) == [0, 2, 3, 1]:
+            return "NHWC"
+        if perm and list(perm[0]) == [0, 3, 1, 2]:
+            return "NCHW"
+    return None
+
+
+def _layout(shape: Shape | None, hint: str | None) -> str | None:
+    """The layout of a rank-4 tensor with a real spatial extent (not 1x1), or None."""
+    if shape is None or len(shape) != 4:
+        return None
+    layout = hint or _guess_layout(shape)
+    if layout is None:
+        return None
+    spatial = shape[2:] if layout == "NCHW" else shape[1:3]
+    if all(d == 1 for d in spatial) or any(d == 0 for d in spatial):
+        return None
+    return layout
+
+
+def _guess_layout(shape: Shape) -> str | None:
+    """Shape-only guess for tensors whose producer says nothing: channels are rarely the two equal dims."""
+    _, a, b, c = shape
+    if isinstance(c, int) and c in (1, 3, 4) and a == b:
+        return "NHWC"
+    if isinstance(a, int) and b == c:
+        return "NCHW"
+    if isinstance(c, int) and a == b:
+        return "NHWC"
+    return None
+
+
+def find_score(model: onnx.ModelProto, output: str | None = None, probabilities: bool = False) -> tuple[str, str]:
+    """The tensor to differentiate and the graph output it stands for.
+
+    Picks `output` or the first float graph output of rank 2 (else the first float output). When that output is
+    a Softmax/Sigmoid/LogSoftmax, possibly followed by reshapes, returns the normaliser's input (the logits)
+    unless `probabilities` is set. The logits may then still need a reshape to the output's shape.
+    """
+    graph = model.graph
+    shapes, types = _static_shapes(graph), _elem_types(graph)
+    names = [o.name for o in graph.output]
+    if output is not None:
+        if output not in names:
+            raise LayerError(f"model has no output '{output}'; outputs are: {', '.join(names)}")
+        chosen = output
+    else:
+        floats = [n for n in names if types.get(n, onnx.TensorProto.FLOAT) in FLOAT_TYPES]
+        if not floats:
+            raise ModelError("the model has no float output to explain")
+        ranked = [n for n in floats if len(shapes.get(n) or ()) == 2]
+        chosen = (ranked or floats)[0]
+    if probabilities:
+        return chosen, chosen
+    producer = {out: node for node in graph.node for out in node.output}
+    name = chosen
+    while name in producer and producer[name].op_type in _PASS_THROUGH:
+        name = producer[name].input[0]
+    if name in producer and producer[name].op_type in NORMALISERS:
+        return producer[name].input[0], chosen
+    return chosen, chosen
+
+
+def default_layer(model: onnx.ModelProto, score: str, infos: list[TensorInfo] | None = None) -> str:
+    """The last spatial feature map (in graph order) that the score depends on."""
+    infos = catalogue(model) if infos is None else infos
+    needed = ancestors(list(model.graph.node), score)
+    spatial = [t for t in infos if t.spatial and t.name in needed and t.op_type]
+    if not spatial:
+        raise LayerError("the model has no spatial feature map (a rank-4 NCHW or NHWC tensor) before its score; "
+                         "CAM methods need one: pass --layer with a tensor name, or explain another model")
+    return spatial[-1].name

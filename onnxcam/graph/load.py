@@ -1,0 +1,188 @@
+"""Load and normalise ONNX models without touching the user's file.
+
+After `load_model` a model has all weights in memory, no initializers listed as graph inputs, a default-domain
+opset of at least MIN_OPSET (older models go through onnx's version converter), topologically sorted nodes and
+inferred shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import ModelProto, helper, shape_inference, version_converter
+
+from onnxcam.errors import ModelError
+
+# ScatterElements with reduction="add" (MaxPool's gradient) needs opset 16.
+MIN_OPSET = 16
+# Highest IR version the supported onnxruntime releases read.
+MAX_IR_VERSION = 10
+KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+ModelSource = str | os.PathLike | bytes | ModelProto
+
+
+def load_model(source: ModelSource) -> ModelProto:
+    """Return a normalised copy of the model in `source` (a path, serialized bytes or a ModelProto)."""
+    model = _read(source)
+    _check_domains(model)
+    _drop_initializer_inputs(model)
+    _sort_nodes(model)
+    model = _upgrade_opset(model)
+    return _infer_shapes(model)
+
+
+def model_name(source: ModelSource) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else "<in-memory model>"
+
+
+def default_opset(model: ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 1
+
+
+def _read(source: ModelSource) -> ModelProto:
+    if isinstance(source, ModelProto):
+        model = ModelProto()
+        model.CopyFrom(source)
+        return model
+    if isinstance(source, bytes):
+        return _parse(source, "<bytes>")
+    path = Path(source)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    model = _parse(path.read_bytes(), str(path))
+    _load_external_data(model, path)
+    return model
+
+
+def _parse(data: bytes, name: str) -> ModelProto:
+    model = ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"{name} is not a valid ONNX model (protobuf parse failed: {exc}); "
+                         "check the file is a complete .onnx export") from None
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise ModelError(f"{name} is not an ONNX model (no graph found); check the file is a complete .onnx export")
+    return model
+
+
+def _load_external_data(model: ModelProto, path: Path) -> None:
+    folder = path.parent.resolve()
+    for tensor in _tensors_with_external_data(model):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if folder not in target.parents:
+            raise ModelError(f"{path}: external data '{location}' of tensor '{tensor.name}' points outside the "
+                             "model's folder; refusing to read it")
+        if not target.is_file():
+            raise ModelError(f"{path}: external data file '{location}' of tensor '{tensor.name}' is missing; "
+                             f"put it next to the model in {folder}")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read external data ({exc})") from None
+
+
+def _tensors_with_external_data(model: ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in onnx.external_data_helper._get_all_tensors(model)
+            if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _check_domains(model: ModelProto) -> None:
+    local = {f.domain for f in model.functions}
+    for node in model.graph.node:
+        if node.domain not in KNOWN_DOMAINS and node.domain not in local:
+            raise ModelError(f"node '{node.name}' uses op '{node.op_type}' from unknown domain '{node.domain}'; "
+                             "onnxruntime cannot run it: re-export the model with standard ONNX ops")
+
+
+def _drop_initializer_inputs(model: ModelProto) -> None:
+    """Old exporters (IR < 4) list every weight as a graph input; they are constants, not inputs."""
+    weights = {t.name for t in model.graph.initializer}
+    kept = [i for i in model.graph.input if i.name not in weights]
+    if len(kept) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+
+
+def _sort_nodes(model: ModelProto) -> None:
+    graph = model.graph
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    known |= {t.name for t in graph.sparse_initializer}
+    produced_by = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if name not in known and name not in produced_by:
+                raise ModelError(f"node '{node.name}' ({node.op_type}) reads tensor '{name}' that no node, "
+                                 "input or initializer provides; the model is broken, re-export it")
+    order: list[int] = []
+    state = [0] * len(graph.node)  # 0 new, 1 on stack, 2 done
+    for start in range(len(graph.node)):
+        stack = [(start, iter(_producers(graph.node[start], produced_by)))]
+        if state[start]:
+            continue
+        state[start] = 1
+        while stack:
+            index, pending = stack[-1]
+            child = next(pending, None)
+            if child is None:
+                stack.pop()
+                state[index] = 2
+                order.append(index)
+            elif state[child] == 1:
+                raise ModelError(f"the graph has a cycle through node '{graph.node[child].name}' "
+                                 f"({graph.node[child].op_type}); ONNX graphs must be acyclic")
+            elif state[child] == 0:
+                state[child] = 1
+                stack.append((child, iter(_producers(graph.node[child], produced_by))))
+    if order != list(range(len(graph.node))):
+        nodes = [graph.node[i] for i in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def _producers(node: onnx.NodeProto, produced_by: dict[str, int]) -> list[int]:
+    return [produced_by[name] for name in node.input if name in produced_by]
+
+
+def _upgrade_opset(model: ModelProto) -> ModelProto:
+    opset = default_opset(model)
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        upgraded = version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:  # the converter raises bare RuntimeErrors and C++ errors
+        if opset >= 13:  # 13..15 -> 16 only widens type lists: raising the import is enough
+            for entry in model.opset_import:
+                if entry.domain in ("", "ai.onnx"):
+                    entry.version = MIN_OPSET
+            upgraded = model
+        else:
+            raise ModelError(f"cannot upgrade the model from opset {opset} to {MIN_OPSET} ({exc}); "
+                             "re-export it with opset 13 or newer") from None
+    wanted_ir = _ir_version_for(MIN_OPSET)
+    if upgraded.ir_version < wanted_ir:
+        upgraded.ir_version = wanted_ir
+    return upgraded
+
+
+def _ir_version_for(opset: int) -> int:
+    for _release, ir, ai_onnx, _ml, *_rest in helper.VERSION_TABLE:
+        if ai_onnx >= opset:
+            return int(ir)
+    return MAX_IR_VERSION
+
+
+def _infer_shapes(model: ModelProto) -> ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is an aid: rules fall back to run-time shapes
+        return model

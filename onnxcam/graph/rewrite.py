@@ -1,0 +1,130 @@
+"""Rewrite a model so that one run returns its scores, chosen activations and their gradients.
+
+The rewritten model has one extra input, the seed (shaped like the scores): row i of the result is the gradient
+of sum_k seed[i, k] * score[i, k]. For (N, K) scores a row of zeros selects the predicted class in-graph, so the
+default needs no second run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import helper
+
+from onnxcam.errors import LayerError
+from onnxcam.graph.autodiff import backward
+from onnxcam.graph.builder import Builder, _elem_types
+from onnxcam.graph.catalogue import find_score
+from onnxcam.graph.load import default_opset
+
+SEED = "onnxcam_seed"
+SCORES = "onnxcam_scores"
+GRAD_PREFIX = "onnxcam_grad:"
+
+
+@dataclass
+class GradientModel:
+    model: onnx.ModelProto
+    score: str                      # tensor differentiated inside the model
+    output: str                     # the model output the score stands for
+    seed: str = SEED
+    scores: str = SCORES
+    activations: dict[str, str] = field(default_factory=dict)   # tensor -> output name
+    gradients: dict[str, str] = field(default_factory=dict)     # tensor -> output name
+
+
+def image_input(model: onnx.ModelProto) -> str:
+    """The graph input that carries the image: the first float rank-4 input, else the first input."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if not inputs:
+        raise LayerError("the model has no inputs")
+    for value in inputs:
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type == onnx.TensorProto.FLOAT and len(tensor_type.shape.dim) == 4:
+            return value.name
+    return inputs[0].name
+
+
+def check_tensors(model: onnx.ModelProto, names: Sequence[str]) -> None:
+    known = [i.name for i in model.graph.input] + [o for n in model.graph.node for o in n.output if o]
+    for name in names:
+        if name not in known:
+            raise LayerError(f"no tensor named '{name}' in the model{_suggest(name, known)}")
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; run 'onnxcam inspect' to list layers"
+
+
+def expose(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` with `tensors` added to its outputs (forward only)."""
+    check_tensors(model, tensors)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    types = _elem_types(out.graph)
+    _add_outputs(out, {t: types.get(t, onnx.TensorProto.FLOAT) for t in tensors})
+    return out
+
+
+def gradient_model(model: onnx.ModelProto, layers: Sequence[str], input_gradient: bool = False,
+                   output: str | None = None, probabilities: bool = False) -> GradientModel:
+    """Add the backward pass from the score to `layers` (and to the image input when asked)."""
+    check_tensors(model, layers)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    graph = rewritten.graph
+    score, chosen = find_score(rewritten, output, probabilities)
+    b = Builder(graph, default_opset(rewritten))
+    forward_nodes = list(graph.node)
+    scores = b.op("Identity", score) if score == chosen else b.op("Reshape", score, b.op("Shape", chosen))
+    b.set_shape(scores, b.static_shape(chosen), b.elem_type(chosen))
+    seed = _effective_seed(b, scores, graph, chosen)
+    # The walker differentiates `score`; reshaping the seed back to its shape keeps scores 2-D for users.
+    score_seed = seed if score == chosen else b.op("Reshape", seed, b.op("Shape", score))
+    wrt = list(dict.fromkeys(list(layers) + ([image_input(rewritten)] if input_gradient else [])))
+    grads = backward(b, forward_nodes, score, score_seed, wrt)
+    nodes, initializers = b.finish()
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    result = GradientModel(rewritten, score, chosen)
+    result.activations = {name: name for name in wrt}
+    result.gradients = {name: GRAD_PREFIX + name for name in wrt}
+    renames = [helper.make_node("Identity", [grads[n]], [result.gradients[n]], name=f"onnxcam/out_{n}") for n in wrt]
+    graph.node.extend(renames)
+    graph.node.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
+    outputs = {SCORES: b.elem_type(chosen)}
+    for name in wrt:
+        outputs[name] = outputs[result.gradients[name]] = b.elem_type(name)
+    _add_outputs(rewritten, outputs)
+    return result
+
+
+def _effective_seed(b: Builder, scores: str, graph: onnx.GraphProto, like: str) -> str:
+    """The seed input; for rank-2 scores, rows of zeros become the one-hot of the predicted class."""
+    shape = b.static_shape(like)
+    elem_type = b.elem_type(like)
+    dims = list(shape) if shape is not None else None
+    graph.input.append(helper.make_tensor_value_info(SEED, elem_type, dims))
+    b.set_shape(SEED, tuple(dims) if dims is not None else None, elem_type)
+    if shape is None or len(shape) != 2:
+        return SEED
+    predicted = b.op("ArgMax", scores, axis=1, keepdims=1)
+    classes = b.op("Range", b.const(0, "int64"), b.op("Gather", b.op("Shape", scores), b.const(1, "int64")),
+                   b.const(1, "int64"))
+    one_hot = b.cast_like(b.op("Equal", b.unsqueeze(classes, [0]), predicted), SEED)
+    empty_row = b.op("Equal", b.reduce("ReduceMax", b.op("Abs", SEED), [1], keepdims=True), b.scalar_like(0, SEED))
+    return b.op("Add", SEED, b.op("Mul", one_hot, b.cast_like(empty_row, SEED)))
+
+
+def _add_outputs(model: onnx.ModelProto, names: dict[str, int]) -> None:
+    """Add graph outputs (name -> element type) that are not outputs yet."""
+    existing = {o.name for o in model.graph.output}
+    for name, elem_type in names.items():
+        if name not in existing:
+            model.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+            existing.add(name)
