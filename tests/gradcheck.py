@@ -61,9 +61,10 @@ def make_op_model(op_type: str, inputs: dict[str, np.ndarray], constants: dict[s
     order = list(input_names) if input_names is not None else list(inputs) + list(constants)
     out_names = [f"y{i}" for i in range(outputs)]
     node = helper.make_node(op_type, order, out_names, name="op", **attrs)
+    graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                    for n, a in inputs.items()]
     graph = helper.make_graph(
-        [node], "op_graph",
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in inputs.items()],
+        [node], "op_graph", graph_inputs,
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in out_names],
         [numpy_helper.from_array(a, n) for n, a in constants.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)

@@ -62,7 +62,8 @@ def backward(builder: Builder, nodes: Sequence[onnx.NodeProto], score: str, seed
         return parts[0]
 
     for proto in reversed(nodes):
-        if not any(out in needed for out in proto.output) or not any(i in reached for i in differentiable_inputs(proto)):
+        on_path = any(out in needed for out in proto.output)
+        if not on_path or not any(i in reached for i in differentiable_inputs(proto)):
             continue
         out_grads = [total(out) if out else None for out in proto.output]
         if all(g is None for g in out_grads):

@@ -142,13 +142,14 @@ class Builder:
             if x_shape == out_shape and all(isinstance(d, int) for d in x_shape):
                 return grad
             lead = len(out_shape) - len(x_shape)
-            if all(isinstance(d, int) for d in x_shape):
+            static = [d for d in x_shape if isinstance(d, int)]
+            if len(static) == len(x_shape):
                 axes = list(range(lead)) + [lead + i for i, d in enumerate(x_shape) if d == 1
                                             and out_shape[lead + i] != 1]
                 if not axes:
                     return grad
                 summed = self.reduce_sum(grad, axes, keepdims=True)
-                return self.op("Reshape", summed, self.ints(list(x_shape))) if lead else summed
+                return self.op("Reshape", summed, self.ints(static)) if lead else summed
         return self._unbroadcast_dynamic(grad, x)
 
     def _unbroadcast_dynamic(self, grad: str, x: str) -> str:

@@ -118,7 +118,7 @@ def _sort_nodes(model: ModelProto) -> None:
     known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
     known |= {t.name for t in graph.sparse_initializer}
     produced_by = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    for i, node in enumerate(graph.node):
+    for node in graph.node:
         for name in node.input:
             if name not in known and name not in produced_by:
                 raise ModelError(f"node '{node.name}' ({node.op_type}) reads tensor '{name}' that no node, "

@@ -1,0 +1,11 @@
+"""onnxcam: class activation maps for ONNX image models, with gradients built from standard ONNX operators."""
+
+__version__ = "0.1.0"
+
+from onnxcam.errors import GradientError, InputError, LayerError, ModelError, OnnxcamError  # noqa: E402
+from onnxcam.gradients import GradientResult, GradientRunner, gradients  # noqa: E402
+
+__all__ = [
+    "GradientError", "GradientResult", "GradientRunner", "InputError", "LayerError", "ModelError", "OnnxcamError",
+    "__version__", "gradients",
+]

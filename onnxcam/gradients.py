@@ -1,0 +1,135 @@
+"""`onnxcam.gradients`: scores, activations and gradients of an ONNX model in one onnxruntime run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from onnxcam.errors import InputError
+from onnxcam.graph.builder import Shape, _static_shapes
+from onnxcam.graph.catalogue import TensorInfo, catalogue, default_layer, find_score
+from onnxcam.graph.load import ModelSource, load_model
+from onnxcam.graph.rewrite import GRAD_PREFIX, SCORES, SEED, check_tensors, gradient_model, image_input
+from onnxcam.runtime import cached_model, choose_providers, make_session, model_key
+
+Targets = None | int | Sequence[int] | np.ndarray
+
+
+@dataclass
+class GradientResult:
+    scores: np.ndarray                      # (N, K): the differentiated scores (pre-softmax logits by default)
+    activations: dict[str, np.ndarray]      # tensor name -> activation
+    gradients: dict[str, np.ndarray]        # tensor name -> d score[target] / d activation
+    input_gradient: np.ndarray | None       # like x, when asked for
+    targets: np.ndarray | None = None       # (N,) class explained per image, for (N, K) scores
+
+
+class GradientRunner:
+    """A model rewritten once for a set of layers, with its session; `run` is one onnxruntime call per batch."""
+
+    def __init__(self, model: ModelSource, layers: str | Sequence[str] | None = None,
+                 input_gradient: bool = False, output: str | None = None, probabilities: bool = False,
+                 providers: Sequence[str] | None = None, device: str = "auto") -> None:
+        self.model = load_model(model)
+        self.tensors: list[TensorInfo] = catalogue(self.model)
+        self.score, self.output = find_score(self.model, output, probabilities)
+        self.default_layer = default_layer(self.model, self.score, self.tensors)
+        self.layers = [self.default_layer] if layers is None else [layers] if isinstance(layers, str) else list(layers)
+        check_tensors(self.model, self.layers)
+        self.input_name = image_input(self.model)
+        self.input_gradient = input_gradient
+        shapes = _static_shapes(self.model.graph)
+        self.input_shape: Shape | None = shapes.get(self.input_name)
+        self.score_shape: Shape | None = shapes.get(self.output)
+        key = model_key(self.model, "gradients", self.layers, input_gradient, output, probabilities)
+        path = cached_model(key, lambda: gradient_model(self.model, self.layers, input_gradient, output,
+                                                        probabilities).model)
+        self.providers = choose_providers(device, providers)
+        self.session = make_session(path, self.providers)
+        self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
+
+    def run(self, x: np.ndarray, targets: Targets = None) -> GradientResult:
+        x = self.check_input(x)
+        seed = self._seed(x.shape[0], targets)
+        names = [SCORES] + self.layers + [GRAD_PREFIX + name for name in self.layers]
+        wanted_input = self.input_gradient and self.input_name not in self.layers
+        if self.input_gradient:
+            names.append(GRAD_PREFIX + self.input_name)
+        values = self.session.run(names, {self.input_name: x, SEED: seed})
+        scores = values[0]
+        count = len(self.layers)
+        activations = dict(zip(self.layers, values[1:1 + count]))
+        grads = dict(zip(self.layers, values[1 + count:1 + 2 * count]))
+        input_grad = values[-1] if self.input_gradient else None
+        if wanted_input:
+            activations.pop(self.input_name, None)
+        chosen = None
+        if scores.ndim == 2:
+            chosen = np.where(np.abs(seed).max(axis=1) > 0, seed.argmax(axis=1), scores.argmax(axis=1))
+        return GradientResult(scores, activations, grads, input_grad, chosen)
+
+    def check_input(self, x: Any) -> np.ndarray:
+        array = np.asarray(x)
+        if not np.issubdtype(array.dtype, np.number):
+            raise InputError(f"x has dtype {array.dtype}; expected a numeric array")
+        expected = self.input_shape
+        if expected is not None:
+            if array.ndim != len(expected):
+                raise InputError(f"x has shape {array.shape} but input '{self.input_name}' expects "
+                                 f"{_describe(expected)} (batch first, in the model's own layout)")
+            for axis, (got, want) in enumerate(zip(array.shape, expected)):
+                if isinstance(want, int) and want > 0 and got != want:
+                    raise InputError(f"x has shape {array.shape} but input '{self.input_name}' expects "
+                                     f"{_describe(expected)}: axis {axis} must be {want}")
+        dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+                 "tensor(uint8)": np.uint8}.get(self._input_dtype, np.float32)
+        return np.ascontiguousarray(array, dtype=dtype)
+
+    def _seed(self, batch: int, targets: Targets) -> np.ndarray:
+        shape = self.score_shape
+        if isinstance(targets, np.ndarray) and targets.ndim >= 2:
+            if targets.shape[0] != batch:
+                raise InputError(f"the seed has {targets.shape[0]} rows for a batch of {batch}")
+            return targets.astype(np.float32)
+        if shape is None or len(shape) != 2:
+            raise InputError(f"the score output '{self.output}' has shape {_describe(shape)}, not (N, classes); "
+                             "pass targets as a seed array shaped like that output")
+        classes = shape[1] if isinstance(shape[1], int) else None
+        seed = np.zeros((batch, classes or 0), np.float32)
+        if targets is None:
+            if classes is None:
+                raise InputError("the number of classes is dynamic; pass targets explicitly")
+            return seed
+        ids = np.full(batch, targets) if np.isscalar(targets) else np.asarray(targets).reshape(-1)
+        if ids.shape[0] != batch:
+            raise InputError(f"{ids.shape[0]} targets given for a batch of {batch} images; give one per image "
+                             "or a single int")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"targets must be class indices (ints), got {ids.dtype}")
+        if classes is None:
+            raise InputError("the number of classes is dynamic in this model; cannot build the seed")
+        bad = ids[(ids < 0) | (ids >= classes)]
+        if bad.size:
+            raise InputError(f"target class {int(bad[0])} is out of range: the model has {classes} classes "
+                             f"(0..{classes - 1})")
+        seed[np.arange(batch), ids] = 1.0
+        return seed
+
+
+def _describe(shape: Shape | None) -> str:
+    if shape is None:
+        return "an unknown shape"
+    return "(" + ", ".join(str(d) if d is not None else "?" for d in shape) + ")"
+
+
+def gradients(model: ModelSource, x: np.ndarray, layers: str | Sequence[str] | None = None, targets: Targets = None,
+              input_gradient: bool = False, **options: Any) -> GradientResult:
+    """Scores, activations at `layers` (default: the last spatial feature map) and the gradients of the target
+    score w.r.t. them (and w.r.t. x with `input_gradient`), in one onnxruntime run.
+
+    targets: None (predicted class per image), an int, one int per image, or a seed array shaped like the scores.
+    """
+    return GradientRunner(model, layers, input_gradient, **options).run(x, targets)

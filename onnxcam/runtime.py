@@ -1,0 +1,105 @@
+"""onnxruntime sessions: provider choice, on-disk cache of rewritten models, session reuse."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from onnxcam.errors import ModelError, OnnxcamError
+
+CACHE_ENV = "ONNXCAM_CACHE"
+_CUDA_DRIVER = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+
+
+def cuda_usable() -> bool:
+    """CUDA is offered by the installed onnxruntime and a driver is present (so asking for it prints no errors)."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    try:
+        ctypes.CDLL(_CUDA_DRIVER)
+    except OSError:
+        return False
+    return True
+
+
+def choose_providers(device: str = "auto", providers: Sequence[str] | None = None) -> list[str]:
+    """Execution providers for `device` ("auto", "cpu" or "cuda"); explicit `providers` win."""
+    if providers:
+        return list(providers)
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if not cuda_usable():
+            raise OnnxcamError("CUDA was requested but is not usable here (no NVIDIA driver or no onnxruntime-gpu); "
+                               "use --device cpu")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device != "auto":
+        raise OnnxcamError(f"unknown device '{device}'; use auto, cpu or cuda")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_usable() else ["CPUExecutionProvider"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                      os.path.join(Path.home(), ".cache"), "onnxcam")
+    return Path(root)
+
+
+def cached_model(key: str, build: Callable[[], onnx.ModelProto]) -> Path:
+    """Path of the rewritten model for `key`, built and written (atomically) on first use."""
+    from onnxcam import __version__
+
+    digest = hashlib.sha256(f"{__version__}\0{ort.__version__}\0{key}".encode()).hexdigest()[:32]
+    folder = cache_dir()
+    path = folder / f"{digest}.onnx"
+    if path.is_file():
+        return path
+    model = build()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _save_atomic(model, path)
+    except OSError:  # a read-only home still works: keep the model in a temporary folder
+        folder = Path(tempfile.mkdtemp(prefix="onnxcam-"))
+        path = folder / f"{digest}.onnx"
+        _save_atomic(model, path)
+    return path
+
+
+def _save_atomic(model: onnx.ModelProto, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    if weights > 1_500_000_000:  # protobuf cannot serialise 2 GiB; keep weights beside the model
+        onnx.save(model, str(tmp), save_as_external_data=True, location=f"{path.name}.data")
+    else:
+        tmp.write_bytes(model.SerializeToString())
+    os.replace(tmp, path)
+
+
+def model_key(model: onnx.ModelProto, *parts: object) -> str:
+    """A content hash of the model plus the rewrite request, used as a cache key."""
+    digest = hashlib.sha256()
+    digest.update(model.SerializeToString(deterministic=True) if model.ByteSize() < 2**31 - 1 else b"")
+    for tensor in model.graph.initializer:
+        if model.ByteSize() >= 2**31 - 1:
+            digest.update(tensor.raw_data)
+    digest.update(repr(parts).encode())
+    return digest.hexdigest()
+
+
+def make_session(model: onnx.ModelProto | Path, providers: Sequence[str]) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initializers and the like are noise for users
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(source, options, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"onnxruntime cannot load the model: {message}") from None
