@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,6 @@ class GradientRunner:
         self.model = load_model(model)
         self.tensors: list[TensorInfo] = catalogue(self.model)
         self.score, self.output = find_score(self.model, output, probabilities)
-        self.default_layer = default_layer(self.model, self.score, self.tensors)
         self.layers = [self.default_layer] if layers is None else [layers] if isinstance(layers, str) else list(layers)
         check_tensors(self.model, self.layers)
         self.input_name = image_input(self.model)
@@ -50,6 +50,11 @@ class GradientRunner:
         self.providers = choose_providers(device, providers)
         self.session = make_session(path, self.providers)
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
+
+    @cached_property
+    def default_layer(self) -> str:
+        """The last spatial feature map the score depends on."""
+        return default_layer(self.model, self.score, self.tensors)
 
     def run(self, x: np.ndarray, targets: Targets = None) -> GradientResult:
         x = self.check_input(x)

@@ -1,0 +1,148 @@
+"""Model loading: normalisation steps and clear errors for bad files."""
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from models import tiny_cnn
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxcam
+from onnxcam.errors import ModelError
+from onnxcam.graph.load import MIN_OPSET, default_opset, load_model
+
+
+def test_not_an_onnx_file(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_text("this is not a model")
+    with pytest.raises(ModelError, match="not a valid ONNX model|not an ONNX model"):
+        load_model(path)
+
+
+def test_truncated_file(tmp_path):
+    data = tiny_cnn().SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="cut.onnx"):
+        load_model(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "nope.onnx")
+
+
+def test_external_data_loads_and_user_file_untouched(tmp_path):
+    model = tiny_cnn()
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
+              size_threshold=0)
+    before = path.read_bytes(), (tmp_path / "ext.data").read_bytes()
+    loaded = load_model(path)
+    weights = {t.name: numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    np.testing.assert_array_equal(weights["fc_w"], numpy_helper.to_array(tiny_cnn().graph.initializer[1]))
+    assert (path.read_bytes(), (tmp_path / "ext.data").read_bytes()) == before
+    x = np.random.default_rng(0).random((2, 3, 8, 8), np.float32)
+    result = onnxcam.gradients(path, x)
+    assert result.scores.shape == (2, 5)
+
+
+def test_missing_external_data(tmp_path):
+    path = tmp_path / "ext.onnx"
+    onnx.save(tiny_cnn(), str(path), save_as_external_data=True, location="w.data", size_threshold=0)
+    os.remove(tmp_path / "w.data")
+    with pytest.raises(ModelError, match="external data file 'w.data'.*missing"):
+        load_model(path)
+
+
+def test_external_data_outside_folder_is_refused(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    path = inner / "ext.onnx"
+    onnx.save(tiny_cnn(), str(path), save_as_external_data=True, location="w.data", size_threshold=0)
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../w.data"
+    (tmp_path / "w.data").write_bytes((inner / "w.data").read_bytes())
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match="outside"):
+        load_model(path)
+
+
+def test_unknown_domain():
+    model = tiny_cnn()
+    model.graph.node[1].domain = "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(ModelError, match="unknown domain 'com.example'"):
+        load_model(model)
+
+
+def test_dangling_input():
+    model = tiny_cnn()
+    model.graph.node[1].input[0] = "nowhere"
+    with pytest.raises(ModelError, match="'nowhere'"):
+        load_model(model)
+
+
+def test_cycle():
+    model = tiny_cnn()
+    model.graph.node[0].input[0] = "feat"  # scale reads relu's output, relu reads scale's output
+    with pytest.raises(ModelError, match="cycle"):
+        load_model(model)
+
+
+def test_unsorted_nodes_are_sorted():
+    model = tiny_cnn()
+    nodes = list(model.graph.node)[::-1]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    loaded = load_model(model)
+    assert [n.name for n in loaded.graph.node] == ["scale", "relu", "pool", "fc"]
+
+
+def test_old_ir_initializers_as_inputs():
+    model = tiny_cnn(opset=9, ir_version=3)
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer)
+    loaded = load_model(model)
+    assert [i.name for i in loaded.graph.input] == ["input"]
+    assert default_opset(loaded) >= MIN_OPSET
+    x = np.random.default_rng(0).random((1, 3, 8, 8), np.float32)
+    result = onnxcam.gradients(model, x)
+    assert result.gradients[result_default(model)].shape == x.shape
+
+
+def result_default(model):
+    return onnxcam.GradientRunner(model, device="cpu").default_layer
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 15])
+def test_old_opsets_are_upgraded_and_differentiate(opset):
+    """Unsqueeze/ReduceMean with attribute axes (opset < 13) survive the upgrade; gradients stay right."""
+    rng = np.random.default_rng(opset)
+    nodes = [
+        helper.make_node("Unsqueeze", ["x"], ["u"], axes=[0]) if opset < 13 else
+        helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+        helper.make_node("Relu", ["u"], ["r"]),
+        helper.make_node("ReduceMean", ["r"], ["y"], axes=[0, 2], keepdims=0),
+    ]
+    inits = [] if opset < 13 else [numpy_helper.from_array(np.array([0], np.int64), "ax")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=6)
+    loaded = load_model(model)
+    assert default_opset(loaded) >= MIN_OPSET
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    seed = rng.standard_normal((2,)).astype(np.float32)
+    result = onnxcam.GradientRunner(model, layers=["x"], device="cpu").run(x, seed[:, None] * np.ones((1, 1)))
+    expected = seed[:, None] * (x > 0) / 3.0
+    np.testing.assert_allclose(result.gradients["x"], expected, rtol=1e-6)
+
+
+def test_opset_of_user_model_unchanged():
+    model = tiny_cnn(opset=11)
+    load_model(model)
+    assert default_opset(model) == 11
