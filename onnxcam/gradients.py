@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import onnx
 
 from onnxcam.errors import InputError
 from onnxcam.graph.builder import Shape, _static_shapes
@@ -33,8 +34,9 @@ class GradientRunner:
 
     def __init__(self, model: ModelSource, layers: str | Sequence[str] | None = None,
                  input_gradient: bool = False, output: str | None = None, probabilities: bool = False,
-                 providers: Sequence[str] | None = None, device: str = "auto") -> None:
-        self.model = load_model(model)
+                 providers: Sequence[str] | None = None, device: str = "auto", preloaded: bool = False) -> None:
+        # preloaded: `model` is a ModelProto that load_model already returned (skips a second normalisation)
+        self.model = model if preloaded and isinstance(model, onnx.ModelProto) else load_model(model)
         self.tensors: list[TensorInfo] = catalogue(self.model)
         self.score, self.output = find_score(self.model, output, probabilities)
         self.layers = [self.default_layer] if layers is None else [layers] if isinstance(layers, str) else list(layers)
@@ -57,71 +59,74 @@ class GradientRunner:
         return default_layer(self.model, self.score, self.tensors)
 
     def run(self, x: np.ndarray, targets: Targets = None) -> GradientResult:
-        x = self.check_input(x)
+        x = check_input(x, self.input_name, self.input_shape, self._input_dtype)
         seed = self._seed(x.shape[0], targets)
         names = [SCORES] + self.layers + [GRAD_PREFIX + name for name in self.layers]
-        wanted_input = self.input_gradient and self.input_name not in self.layers
         if self.input_gradient:
             names.append(GRAD_PREFIX + self.input_name)
         values = self.session.run(names, {self.input_name: x, SEED: seed})
-        scores = values[0]
-        count = len(self.layers)
+        scores, count = values[0], len(self.layers)
         activations = dict(zip(self.layers, values[1:1 + count]))
         grads = dict(zip(self.layers, values[1 + count:1 + 2 * count]))
         input_grad = values[-1] if self.input_gradient else None
-        if wanted_input:
-            activations.pop(self.input_name, None)
         chosen = None
         if scores.ndim == 2:
             chosen = np.where(np.abs(seed).max(axis=1) > 0, seed.argmax(axis=1), scores.argmax(axis=1))
         return GradientResult(scores, activations, grads, input_grad, chosen)
 
-    def check_input(self, x: Any) -> np.ndarray:
-        array = np.asarray(x)
-        if not np.issubdtype(array.dtype, np.number):
-            raise InputError(f"x has dtype {array.dtype}; expected a numeric array")
-        expected = self.input_shape
-        if expected is not None:
-            if array.ndim != len(expected):
-                raise InputError(f"x has shape {array.shape} but input '{self.input_name}' expects "
-                                 f"{_describe(expected)} (batch first, in the model's own layout)")
-            for axis, (got, want) in enumerate(zip(array.shape, expected)):
-                if isinstance(want, int) and want > 0 and got != want:
-                    raise InputError(f"x has shape {array.shape} but input '{self.input_name}' expects "
-                                     f"{_describe(expected)}: axis {axis} must be {want}")
-        dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-                 "tensor(uint8)": np.uint8}.get(self._input_dtype, np.float32)
-        return np.ascontiguousarray(array, dtype=dtype)
-
     def _seed(self, batch: int, targets: Targets) -> np.ndarray:
-        shape = self.score_shape
         if isinstance(targets, np.ndarray) and targets.ndim >= 2:
             if targets.shape[0] != batch:
                 raise InputError(f"the seed has {targets.shape[0]} rows for a batch of {batch}")
             return targets.astype(np.float32)
+        shape = self.score_shape
         if shape is None or len(shape) != 2:
             raise InputError(f"the score output '{self.output}' has shape {_describe(shape)}, not (N, classes); "
                              "pass targets as a seed array shaped like that output")
-        classes = shape[1] if isinstance(shape[1], int) else None
-        seed = np.zeros((batch, classes or 0), np.float32)
-        if targets is None:
-            if classes is None:
-                raise InputError("the number of classes is dynamic; pass targets explicitly")
-            return seed
-        ids = np.full(batch, targets) if np.isscalar(targets) else np.asarray(targets).reshape(-1)
-        if ids.shape[0] != batch:
-            raise InputError(f"{ids.shape[0]} targets given for a batch of {batch} images; give one per image "
-                             "or a single int")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise InputError(f"targets must be class indices (ints), got {ids.dtype}")
-        if classes is None:
-            raise InputError("the number of classes is dynamic in this model; cannot build the seed")
-        bad = ids[(ids < 0) | (ids >= classes)]
-        if bad.size:
-            raise InputError(f"target class {int(bad[0])} is out of range: the model has {classes} classes "
-                             f"(0..{classes - 1})")
-        seed[np.arange(batch), ids] = 1.0
+        if not isinstance(shape[1], int):
+            raise InputError("the number of classes is dynamic in this model; pass a seed array as targets")
+        seed = np.zeros((batch, shape[1]), np.float32)
+        ids = target_ids(targets, batch, shape[1])
+        if ids is not None:
+            seed[np.arange(batch), ids] = 1.0
         return seed
+
+
+def target_ids(targets: Targets, batch: int, classes: int) -> np.ndarray | None:
+    """Validated class indices, one per image (None: the predicted class)."""
+    if targets is None:
+        return None
+    ids = np.full(batch, targets) if np.isscalar(targets) else np.asarray(targets).reshape(-1)
+    if ids.shape[0] != batch:
+        raise InputError(f"{ids.shape[0]} targets given for a batch of {batch} images; give one per image "
+                         "or a single int")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"targets must be class indices (ints), got {ids.dtype}")
+    bad = ids[(ids < 0) | (ids >= classes)]
+    if bad.size:
+        raise InputError(f"target class {int(bad[0])} is out of range: the model has {classes} classes "
+                         f"(0..{classes - 1})")
+    return ids.astype(np.int64)
+
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+           "tensor(uint8)": np.uint8}
+
+
+def check_input(x: Any, name: str, expected: Shape | None, onnx_type: str) -> np.ndarray:
+    """x as a contiguous array of the input's dtype; an InputError names the expected shape if it does not fit."""
+    array = np.asarray(x)
+    if not np.issubdtype(array.dtype, np.number):
+        raise InputError(f"x has dtype {array.dtype}; expected a numeric array")
+    if expected is not None:
+        if array.ndim != len(expected):
+            raise InputError(f"x has shape {array.shape} but input '{name}' expects {_describe(expected)} "
+                             "(batch first, in the model's own layout)")
+        for axis, (got, want) in enumerate(zip(array.shape, expected)):
+            if isinstance(want, int) and want > 0 and got != want:
+                raise InputError(f"x has shape {array.shape} but input '{name}' expects {_describe(expected)}: "
+                                 f"axis {axis} must be {want}")
+    return np.ascontiguousarray(array, dtype=_DTYPES.get(onnx_type, np.float32))
 
 
 def _describe(shape: Shape | None) -> str:

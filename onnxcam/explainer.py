@@ -1,0 +1,202 @@
+"""`onnxcam.Explainer`: class activation maps for an ONNX model, one session per need, reused across calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxcam.errors import InputError, LayerError
+from onnxcam.gradients import GradientRunner, Targets, check_input, target_ids
+from onnxcam.graph.builder import _static_shapes
+from onnxcam.graph.catalogue import catalogue, default_layer, find_score
+from onnxcam.graph.head import extract_head
+from onnxcam.graph.load import ModelSource, load_model
+from onnxcam.graph.rewrite import check_tensors, expose, image_input
+from onnxcam.methods import Evidence, get_method
+from onnxcam.methods.heads import linear_head_weights
+from onnxcam.methods.postprocess import combine, normalise
+from onnxcam.runtime import cached_model, choose_providers, make_session, model_key
+
+
+class Explainer:
+    """Explain an ONNX image model.
+
+    layer: a tensor name or a list of them (maps are averaged over layers); None picks `default_layer`.
+    """
+
+    def __init__(self, model: ModelSource, layer: str | Sequence[str] | None = None,
+                 providers: Sequence[str] | None = None, device: str = "auto", output: str | None = None,
+                 probabilities: bool = False) -> None:
+        self.model = load_model(model)
+        self.tensors = catalogue(self.model)
+        self.score, self.output = find_score(self.model, output, probabilities)
+        self._output_option, self._probabilities = output, probabilities
+        self.layers = [t.name for t in self.tensors if t.spatial and t.op_type]
+        self.default_layer = default_layer(self.model, self.score, self.tensors)
+        chosen = [self.default_layer] if layer is None else [layer] if isinstance(layer, str) else list(layer)
+        check_tensors(self.model, chosen)
+        self.layer = chosen
+        self.providers = choose_providers(device, providers)
+        self.input_name = image_input(self.model)
+        info = next(t for t in self.tensors if t.name == self.input_name)
+        self.input_shape = info.shape
+        self.input_layout = info.layout or "NCHW"
+        self._layouts = {t.name: t.layout for t in self.tensors}
+        self._sessions: dict[Any, Any] = {}
+        self._gradient_runners: dict[tuple[tuple[str, ...], bool], GradientRunner] = {}
+
+    # --- public -------------------------------------------------------------------------------------------------
+    def explain(self, x: np.ndarray, method: str = "gradcam", targets: Targets = None,
+                layer: str | Sequence[str] | None = None, aug_smooth: bool = False, eigen_smooth: bool = False,
+                **options: Any) -> np.ndarray:
+        """Maps (N, H, W) float32 in [0, 1] at the input's spatial size; x preprocessed, in the model's layout."""
+        spec = get_method(method)
+        layers = self.layer if layer is None else [layer] if isinstance(layer, str) else list(layer)
+        check_tensors(self.model, layers)
+        x = self._check(x)
+        if aug_smooth:
+            return self._augmented(x, method, targets, layers, eigen_smooth, options)
+        size = self.input_size(x)
+        per_layer = []
+        for evidence in self._evidence(x, targets, layers, spec.needs):
+            raw = combine(spec.fn(evidence, **_options_for(spec.fn, options)), evidence.activations, eigen_smooth)
+            per_layer.append(normalise(raw, size))
+        if len(per_layer) == 1:
+            return per_layer[0]
+        return normalise(np.mean(per_layer, axis=0), size)
+
+    def input_size(self, x: np.ndarray) -> tuple[int, int]:
+        return (x.shape[2], x.shape[3]) if self.input_layout == "NCHW" else (x.shape[1], x.shape[2])
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """The score tensor (logits by default) for a batch, (N, classes)."""
+        session = self._forward_session(())
+        values = session.run([self.score], {self.input_name: self._check(x)})
+        return values[0].reshape(len(x), -1)
+
+    # --- evidence -----------------------------------------------------------------------------------------------
+    def _evidence(self, x: np.ndarray, targets: Targets, layers: list[str], needs: str) -> list[Evidence]:
+        if needs == "gradients":
+            result = self._gradient_runner(layers).run(x, targets)
+            assert result.targets is not None
+            scores, chosen = result.scores.reshape(len(x), -1), result.targets
+            acts, grads = result.activations, result.gradients
+        else:
+            session = self._forward_session(tuple(layers))
+            values = session.run([self.score] + layers, {self.input_name: x})
+            scores = values[0].reshape(len(x), -1)
+            ids = target_ids(targets, len(x), scores.shape[1])
+            chosen = scores.argmax(axis=1) if ids is None else ids
+            acts = dict(zip(layers, values[1:]))
+            grads = {}
+        out = []
+        for name in layers:
+            evidence = Evidence(self._nchw(name, acts[name]), self._nchw(name, grads[name]) if grads else None,
+                                chosen, scores, x, name, input_size=self.input_size(x),
+                                input_layout=self.input_layout)
+            evidence.scores_of = self._scores_of
+            evidence.head_scores = self._head_scores_fn(name, x)
+            evidence.gradients_of = self._gradients_of_fn(name, chosen)
+            head = linear_head_weights(self.model, name, self.score)
+            if head is not None:
+                evidence.extras["head_weights"] = head
+            out.append(evidence)
+        return out
+
+    def _nchw(self, layer: str, array: np.ndarray) -> np.ndarray:
+        if array.ndim != 4:
+            raise LayerError(f"layer '{layer}' has shape {array.shape}; CAM methods need a rank-4 feature map "
+                             f"(candidates: {', '.join(self.layers[-5:])})")
+        return array.transpose(0, 3, 1, 2) if self._layouts.get(layer) == "NHWC" else array
+
+    def _from_nchw(self, layer: str, array: np.ndarray) -> np.ndarray:
+        return array.transpose(0, 2, 3, 1) if self._layouts.get(layer) == "NHWC" else array
+
+    # --- sessions -----------------------------------------------------------------------------------------------
+    def _gradient_runner(self, layers: Sequence[str], input_gradient: bool = False) -> GradientRunner:
+        key = (tuple(layers), input_gradient)
+        if key not in self._gradient_runners:
+            self._gradient_runners[key] = GradientRunner(
+                self.model, list(layers), input_gradient, self._output_option, self._probabilities,
+                providers=self.providers, preloaded=True)
+        return self._gradient_runners[key]
+
+    def _forward_session(self, tensors: tuple[str, ...]) -> ort.InferenceSession:
+        key = ("forward", tensors)
+        if key not in self._sessions:
+            wanted = [self.score] + [t for t in tensors if t != self.score]
+            path = cached_model(model_key(self.model, "expose", wanted), lambda: expose(self.model, wanted))
+            self._sessions[key] = make_session(path, self.providers)
+        return self._sessions[key]
+
+    def _scores_of(self, batch: np.ndarray) -> np.ndarray:
+        session = self._forward_session(())
+        return session.run([self.score], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0].reshape(
+            len(batch), -1)
+
+    def _head_scores_fn(self, layer: str, x: np.ndarray) -> Any:
+        def head_scores(features: np.ndarray, image: int) -> np.ndarray:
+            session, extra = self._head_session(layer)
+            feeds = {layer: np.ascontiguousarray(self._from_nchw(layer, features), np.float32)}
+            if extra:
+                values = self._forward_session(tuple(extra)).run(extra, {self.input_name: x[image:image + 1]})
+                for name, value in zip(extra, values):
+                    feeds[name] = np.repeat(value, len(features), axis=0) if value.shape[:1] == (1,) else value
+            return session.run([self.score], feeds)[0].reshape(len(features), -1)
+        return head_scores
+
+    def _head_session(self, layer: str) -> tuple[ort.InferenceSession, list[str]]:
+        key = ("head", layer)
+        if key not in self._sessions:
+            head = extract_head(self.model, layer, self.score)
+            path = cached_model(model_key(self.model, "head", layer, self.score), lambda: head.model)
+            self._sessions[key] = (make_session(path, self.providers), head.extra_inputs)
+        return self._sessions[key]
+
+    def _gradients_of_fn(self, layer: str, chosen: np.ndarray) -> Any:
+        def gradients_of(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            ids = np.resize(chosen, len(batch)) if len(batch) != len(chosen) else chosen
+            result = self._gradient_runner([layer]).run(batch, ids)
+            return self._nchw(layer, result.activations[layer]), self._nchw(layer, result.gradients[layer])
+        return gradients_of
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+    def _check(self, x: Any) -> np.ndarray:
+        shapes = _static_shapes(self.model.graph)
+        value = next(i for i in self.model.graph.input if i.name == self.input_name)
+        onnx_type = {1: "tensor(float)", 11: "tensor(double)", 10: "tensor(float16)", 2: "tensor(uint8)"}.get(
+            value.type.tensor_type.elem_type, "tensor(float)")
+        array = check_input(x, self.input_name, shapes.get(self.input_name), onnx_type)
+        if array.ndim != 4:
+            raise InputError(f"x has shape {array.shape}; expected a batch of images (N, C, H, W) or (N, H, W, C)")
+        return array
+
+    def _augmented(self, x: np.ndarray, method: str, targets: Targets, layers: list[str], eigen_smooth: bool,
+                   options: dict[str, Any]) -> np.ndarray:
+        """Test-time augmentation as in pytorch-grad-cam: horizontal flip x intensity factors 0.9, 1, 1.1."""
+        if targets is None:
+            targets = self.scores(x).argmax(axis=1)
+        width_axis = 3 if self.input_layout == "NCHW" else 2
+        maps = []
+        for flip in (False, True):
+            for factor in (0.9, 1.0, 1.1):
+                xt = np.flip(x, axis=width_axis) if flip else x
+                m = self.explain(np.ascontiguousarray(xt * factor, x.dtype), method, targets, layers,
+                                 eigen_smooth=eigen_smooth, **options)
+                maps.append(np.flip(m, axis=2) if flip else m)
+        return normalise(np.mean(maps, axis=0))
+
+
+def _options_for(fn: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `options` that the method's function accepts; unknown options are an error."""
+    import inspect
+
+    accepted = set(inspect.signature(fn).parameters) - {"ev"}
+    unknown = set(options) - accepted
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(sorted(unknown))} for this method; it accepts: "
+                         f"{', '.join(sorted(accepted)) or 'none'}")
+    return options

@@ -1,0 +1,77 @@
+"""CAM methods: small NumPy functions found through a registry.
+
+A method sees `Evidence` (activations, gradients, targets and callables that run parts of the model) and returns
+one of:
+- channel weights (N, K): the map is sum_k w_k A_k;
+- weighted activations (N, K, h, w): the map is their sum over channels;
+- maps (N, h, w) at the layer's resolution, or (N, H, W) at the input's.
+The explainer applies the shared conventions afterwards (eigen_smooth, ReLU, min-max, resize), as
+pytorch-grad-cam does, so a method only says how its weights come about.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxcam.errors import InputError
+
+
+@dataclass
+class Evidence:
+    activations: np.ndarray                 # (N, K, h, w), channels first whatever the model's layout
+    gradients: np.ndarray | None            # d score[target] / d activations, same shape; None for gradient-free
+    targets: np.ndarray                     # (N,) class per image
+    scores: np.ndarray                      # (N, classes) scores of the unmodified input
+    x: np.ndarray                           # the model input, in the model's layout
+    layer: str
+    # Callables into the model, provided by the explainer:
+    scores_of: Callable[[np.ndarray], np.ndarray] | None = None        # inputs (B, ...) -> scores (B, classes)
+    head_scores: Callable[[np.ndarray, int], np.ndarray] | None = None  # features (B,K,h,w) of image i -> scores
+    gradients_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None  # inputs -> (A, G)
+    input_size: tuple[int, int] = (0, 0)    # (H, W) of the model input
+    input_layout: str = "NCHW"
+    extras: dict[str, Any] = field(default_factory=dict)  # method-specific evidence (e.g. head weights for CAM)
+
+
+MethodFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: MethodFn
+    family: str        # "gradient", "activation", "perturbation", "research", "baseline"
+    needs: str         # "gradients", "input_gradient" or "activations": what one run must return
+    cost: str          # passes per image, for `onnxcam methods`
+    paper: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def method(name: str, family: str, needs: str, cost: str, paper: str) -> Callable[[MethodFn], MethodFn]:
+    def register(fn: MethodFn) -> MethodFn:
+        METHODS[name] = Method(name, fn, family, needs, cost, paper)
+        return fn
+    return register
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise InputError(f"unknown method '{name}'; valid methods: {', '.join(sorted(METHODS))}") from None
+
+
+def _load_method_modules() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_load_method_modules()

@@ -1,0 +1,58 @@
+"""The conventions shared by all methods: projections, ReLU, per-image min-max, bilinear resize."""
+
+from __future__ import annotations
+
+import warnings
+
+import cv2
+import numpy as np
+
+
+def principal_projection(stack: np.ndarray, sign: str = "activation") -> np.ndarray:
+    """Project each image's (K, h, w) stack on its first principal component over positions -> (N, h, w).
+
+    SVD leaves the component's sign arbitrary. sign="activation" flips it so the map correlates positively with
+    the channel sum of the stack (stable maps); sign="svd" keeps LAPACK's sign, as pytorch-grad-cam does.
+    """
+    stack = np.nan_to_num(stack.astype(np.float64))
+    maps = np.zeros((stack.shape[0],) + stack.shape[2:], np.float64)
+    for i, image in enumerate(stack):
+        states = image.reshape(image.shape[0], -1).T
+        centred = states - states.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        projection = centred @ vt[0]
+        if sign == "activation" and np.dot(projection, states.sum(axis=1) - states.sum(axis=1).mean()) < 0:
+            projection = -projection
+        maps[i] = projection.reshape(image.shape[1:])
+    return maps
+
+
+def combine(result: np.ndarray, activations: np.ndarray, eigen_smooth: bool) -> np.ndarray:
+    """Turn a method's result (weights, weighted activations or maps) into raw maps (N, h, w)."""
+    if result.ndim == 2:
+        result = result[:, :, None, None] * activations
+    if result.ndim == 4:
+        return principal_projection(result) if eigen_smooth else result.sum(axis=1)
+    return result
+
+
+def normalise(maps: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """ReLU, per-image min-max to [0, 1], then bilinear resize to size (H, W); float32 (N, H, W).
+
+    A map with NaN/Inf becomes zeros (with a warning); a constant map becomes zeros, never NaN.
+    """
+    out = []
+    for m in np.asarray(maps, np.float64):
+        if not np.all(np.isfinite(m)):
+            warnings.warn("the map contains NaN or Inf (activations or gradients overflowed); returning zeros",
+                          RuntimeWarning, stacklevel=3)
+            m = np.zeros_like(m)
+        m = np.maximum(m, 0)
+        m = m - m.min()
+        peak = m.max()
+        m = m / peak if peak > 0 else np.zeros_like(m)
+        m = m.astype(np.float32)
+        if size is not None and m.shape != tuple(size):
+            m = cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        out.append(np.clip(m, 0, 1))
+    return np.stack(out).astype(np.float32)
