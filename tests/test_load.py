@@ -5,8 +5,8 @@ import os
 import numpy as np
 import onnx
 import pytest
-from models import tiny_cnn
 from onnx import TensorProto, helper, numpy_helper
+from toy_models import tiny_cnn
 
 import onnxcam
 from onnxcam.errors import ModelError
