@@ -15,7 +15,7 @@ from onnx import helper
 
 from onnxcam.errors import LayerError
 from onnxcam.graph.autodiff import backward
-from onnxcam.graph.builder import Builder, _elem_types
+from onnxcam.graph.builder import Builder, Shape, _elem_types, _static_shapes
 from onnxcam.graph.catalogue import find_score
 from onnxcam.graph.load import default_opset
 
@@ -66,8 +66,8 @@ def expose(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     check_tensors(model, tensors)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    types = _elem_types(out.graph)
-    _add_outputs(out, {t: types.get(t, onnx.TensorProto.FLOAT) for t in tensors})
+    types, shapes = _elem_types(out.graph), _static_shapes(out.graph)
+    _add_outputs(out, {t: (types.get(t, onnx.TensorProto.FLOAT), shapes.get(t)) for t in tensors})
     return out
 
 
@@ -97,9 +97,9 @@ def gradient_model(model: onnx.ModelProto, layers: Sequence[str], input_gradient
     renames = [helper.make_node("Identity", [grads[n]], [result.gradients[n]], name=f"onnxcam/out_{n}") for n in wrt]
     graph.node.extend(renames)
     graph.node.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
-    outputs = {SCORES: b.elem_type(chosen)}
+    outputs = {SCORES: (b.elem_type(chosen), b.static_shape(chosen))}
     for name in wrt:
-        outputs[name] = outputs[result.gradients[name]] = b.elem_type(name)
+        outputs[name] = outputs[result.gradients[name]] = (b.elem_type(name), b.static_shape(name))
     _add_outputs(rewritten, outputs)
     return result
 
@@ -121,10 +121,11 @@ def _effective_seed(b: Builder, scores: str, graph: onnx.GraphProto, like: str) 
     return b.op("Add", SEED, b.op("Mul", one_hot, b.cast_like(empty_row, SEED)))
 
 
-def _add_outputs(model: onnx.ModelProto, names: dict[str, int]) -> None:
-    """Add graph outputs (name -> element type) that are not outputs yet."""
+def _add_outputs(model: onnx.ModelProto, names: dict[str, tuple[int, Shape | None]]) -> None:
+    """Add graph outputs (name -> element type, static shape) that are not outputs yet."""
     existing = {o.name for o in model.graph.output}
-    for name, elem_type in names.items():
+    for name, (elem_type, shape) in names.items():
         if name not in existing:
-            model.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+            dims = list(shape) if shape is not None else None
+            model.graph.output.append(helper.make_tensor_value_info(name, elem_type, dims))
             existing.add(name)
