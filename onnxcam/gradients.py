@@ -125,8 +125,21 @@ def check_input(x: Any, name: str, expected: Shape | None, onnx_type: str) -> np
         for axis, (got, want) in enumerate(zip(array.shape, expected)):
             if isinstance(want, int) and want > 0 and got != want:
                 raise InputError(f"x has shape {array.shape} but input '{name}' expects {_describe(expected)}: "
-                                 f"axis {axis} must be {want}")
+                                 f"axis {axis} must be {want}{_layout_hint(array.shape, expected)}")
     return np.ascontiguousarray(array, dtype=_DTYPES.get(onnx_type, np.float32))
+
+
+def _layout_hint(got: tuple[int, ...], expected: Shape) -> str:
+    """Name the likely mistake when x is the right image in the other layout."""
+    if len(got) != 4:
+        return ""
+    def fits(perm: tuple[int, ...]) -> bool:
+        return all(not isinstance(expected[i], int) or got[p] == expected[i] for i, p in enumerate(perm))
+    if fits((0, 2, 3, 1)):
+        return " (x looks NCHW but the model takes NHWC: use x.transpose(0, 2, 3, 1))"
+    if fits((0, 3, 1, 2)):
+        return " (x looks NHWC but the model takes NCHW: use x.transpose(0, 3, 1, 2))"
+    return ""
 
 
 def _describe(shape: Shape | None) -> str:

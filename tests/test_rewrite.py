@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from toy_models import tiny_cnn
+from toy_models import nhwc_cnn, tiny_cnn
 
 import onnxcam
 from onnxcam.errors import GradientError, LayerError
@@ -116,17 +116,7 @@ def test_no_spatial_tensor_is_a_clear_error():
 
 def test_catalogue_layouts_and_default_layer_for_nhwc_input():
     """An NHWC model (input Transpose, as tf2onnx writes): layers after the transpose are NCHW."""
-    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    nodes = [helper.make_node("Transpose", ["img"], ["nchw"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["nchw", "w"], ["conv"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["conv"], ["act"]),
-             helper.make_node("GlobalAveragePool", ["act"], ["gap"]),
-             helper.make_node("Flatten", ["gap"], ["logits"])]
-    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("img", TensorProto.FLOAT,
-                                                                            ["N", 16, 16, 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
-                              [numpy_helper.from_array(w, "w")])
-    model = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    model = load_model(nhwc_cnn())
     layouts = {t.name: t.layout for t in catalogue(model)}
     assert layouts["img"] == "NHWC" and layouts["act"] == "NCHW" and layouts["gap"] is None
     assert default_layer(model, "logits") == "act"
