@@ -16,6 +16,7 @@ from onnxcam.graph.head import extract_head
 from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.rewrite import check_tensors, expose, image_input
 from onnxcam.methods import Evidence, get_method
+from onnxcam.methods.fullgrad import layer_biases
 from onnxcam.methods.heads import linear_head_weights
 from onnxcam.methods.postprocess import combine, normalise
 from onnxcam.runtime import cached_model, choose_providers, make_session, model_key
@@ -79,8 +80,13 @@ class Explainer:
 
     # --- evidence -----------------------------------------------------------------------------------------------
     def _evidence(self, x: np.ndarray, targets: Targets, layers: list[str], needs: str) -> list[Evidence]:
-        if needs == "gradients":
-            result = self._gradient_runner(layers).run(x, targets)
+        # "input_gradient" (FullGrad): also the gradients at every biased Conv/BN output and at the input
+        biases = layer_biases(self.model, self.score) if needs == "input_gradient" else {}
+        input_grad = None
+        if needs in ("gradients", "input_gradient"):
+            runner = self._gradient_runner(list(dict.fromkeys([*layers, *biases])), needs == "input_gradient")
+            result = runner.run(x, targets)
+            input_grad = result.input_gradient
             assert result.targets is not None
             scores, chosen = result.scores.reshape(len(x), -1), result.targets
             acts, grads = result.activations, result.gradients
@@ -103,6 +109,9 @@ class Explainer:
             head = linear_head_weights(self.model, name, self.score)
             if head is not None:
                 evidence.extras["head_weights"] = head
+            if needs == "input_gradient":
+                evidence.extras["input_gradient"] = input_grad  # like x, in the model's layout
+                evidence.extras["bias_gradients"] = [(bias, grads[t]) for t, bias in biases.items()]  # Conv: NCHW
             out.append(evidence)
         return out
 
