@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import sys
@@ -54,9 +55,7 @@ def cache_dir() -> Path:
 
 def cached_model(key: str, build: Callable[[], onnx.ModelProto]) -> Path:
     """Path of the rewritten model for `key`, built and written (atomically) on first use."""
-    from onnxcam import __version__
-
-    digest = hashlib.sha256(f"{__version__}\0{ort.__version__}\0{key}".encode()).hexdigest()[:32]
+    digest = hashlib.sha256(f"{_rewriter_digest()}\0{ort.__version__}\0{key}".encode()).hexdigest()[:32]
     folder = cache_dir()
     path = folder / f"{digest}.onnx"
     if path.is_file():
@@ -70,6 +69,15 @@ def cached_model(key: str, build: Callable[[], onnx.ModelProto]) -> Path:
         path = folder / f"{digest}.onnx"
         _save_atomic(model, path)
     return path
+
+
+@functools.cache
+def _rewriter_digest() -> str:
+    """A hash of the graph-rewriting code, so that a changed rule never serves a stale cached model."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "graph").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _save_atomic(model: onnx.ModelProto, path: Path) -> None:

@@ -16,7 +16,7 @@ _LAYOUT_KEEPING = {
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh",
     "Softplus", "Erf", "Gelu", "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Sqrt", "Exp", "Log", "Reciprocal", "Abs",
     "Max", "Min", "Sum", "Mean", "Identity", "Dropout", "Cast", "Mish", "QuantizeLinear", "DequantizeLinear", "Pad",
-    "Resize", "Upsample", "Where",
+    "Resize", "Upsample", "Where", "Concat", "Slice", "Split", "Mish", "Softsign", "Softplus",
 }
 _NCHW_PRODUCERS = {
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization", "InstanceNormalization",
@@ -58,7 +58,7 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
     weights = {t.name for t in graph.initializer}
     for value in graph.input:
         if value.name not in weights:
-            add(value.name, "", "", None)
+            add(value.name, "", "", _guess_layout(shapes.get(value.name)))
     for node in graph.node:
         hint = _layout_hint(node, layouts)
         for out in node.output:
@@ -73,10 +73,11 @@ def _layout_hint(node: onnx.NodeProto, layouts: dict[str, str | None]) -> str | 
     if node.op_type in _LAYOUT_KEEPING:
         return next((layouts[i] for i in node.input if layouts.get(i)), None)
     if node.op_type == "Transpose":
-        perm = [a.ints for a in node.attribute if a.name == "perm"]
-        if perm and list(perm[0]) == [0, 2, 3, 1]:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        source = layouts.get(node.input[0])
+        if perm == [0, 2, 3, 1] and source != "NHWC":
             return "NHWC"
-        if perm and list(perm[0]) == [0, 3, 1, 2]:
+        if perm == [0, 3, 1, 2] and source != "NCHW":
             return "NCHW"
     return None
 
@@ -85,20 +86,28 @@ def _layout(shape: Shape | None, hint: str | None) -> str | None:
     """The layout of a rank-4 tensor with a real spatial extent (not 1x1), or None."""
     if shape is None or len(shape) != 4:
         return None
-    layout = hint or _guess_layout(shape)
-    if layout is None:
+    if hint is None:
         return None
-    spatial = shape[2:] if layout == "NCHW" else shape[1:3]
+    spatial = shape[2:] if hint == "NCHW" else shape[1:3]
     if all(d == 1 for d in spatial) or any(d == 0 for d in spatial):
         return None
-    return layout
+    return hint
 
 
-def _guess_layout(shape: Shape) -> str | None:
-    """Shape-only guess for tensors whose producer says nothing: channels are rarely the two equal dims."""
+def _guess_layout(shape: Shape | None) -> str | None:
+    """Layout of an image input from its shape alone: channels are rarely the two equal dims.
+
+    Only graph inputs are guessed; inside the graph the layout flows from convolution-like producers, so attention
+    maps (N, heads, L, L) are never taken for images.
+    """
+    if shape is None or len(shape) != 4:
+        return None
     _, a, b, c = shape
-    if isinstance(c, int) and c in (1, 3, 4) and a == b:
+    colour_a, colour_c = a in (1, 3, 4), c in (1, 3, 4)
+    if colour_c and not colour_a:
         return "NHWC"
+    if colour_a and not colour_c:
+        return "NCHW"
     if isinstance(a, int) and b == c:
         return "NCHW"
     if isinstance(c, int) and a == b:

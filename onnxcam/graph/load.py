@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import ModelProto, helper, shape_inference, version_converter
+from onnx import ModelProto, helper, numpy_helper, shape_inference, version_converter
 
 from onnxcam.errors import ModelError
 
@@ -33,6 +34,7 @@ def load_model(source: ModelSource) -> ModelProto:
     _drop_initializer_inputs(model)
     _sort_nodes(model)
     model = _upgrade_opset(model)
+    _fold_constants(model)
     return _infer_shapes(model)
 
 
@@ -179,6 +181,62 @@ def _ir_version_for(opset: int) -> int:
         if ai_onnx >= opset:
             return int(ir)
     return MAX_IR_VERSION
+
+
+# Results of constant-only nodes up to this many elements become initializers: shape arithmetic that exporters
+# emit (Constant, Mod, Slice of constants...) then reaches shape inference and the rules as plain values.
+_FOLD_LIMIT = 1 << 16
+_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial",
+               "If", "Loop", "Scan"}
+
+
+def _fold_constants(model: ModelProto) -> None:
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    opsets = list(model.opset_import)
+    kept: list[onnx.NodeProto] = []
+    folded: list[onnx.TensorProto] = []
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD
+                    and all(name in initializers for name in inputs) and not outputs.intersection(node.output)
+                    and all(_elements(initializers[name]) <= _FOLD_LIMIT for name in inputs))
+        values = _evaluate(node, [initializers[name] for name in inputs], opsets) if foldable else None
+        if values is None or any(v.size > _FOLD_LIMIT for v in values):
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            tensor = numpy_helper.from_array(value, name)
+            initializers[name] = tensor
+            folded.append(tensor)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(folded)
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count
+
+
+def _evaluate(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
+              opsets: list[onnx.OperatorSetIdProto]) -> list[np.ndarray] | None:
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {t.name: numpy_helper.to_array(t) for t in inputs}
+    graph = helper.make_graph(
+        [node], "fold", [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inputs],
+        [onnx.ValueInfoProto(name=name) for name in node.output if name])
+    try:
+        model = helper.make_model(graph, opset_imports=opsets)
+        results = ReferenceEvaluator(model).run(None, feeds)
+    except Exception:  # the reference evaluator lacks some ops; such nodes simply stay
+        return None
+    return [np.asarray(r) for r in results]
 
 
 def _infer_shapes(model: ModelProto) -> ModelProto:
