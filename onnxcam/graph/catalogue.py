@@ -16,7 +16,7 @@ _LAYOUT_KEEPING = {
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh",
     "Softplus", "Erf", "Gelu", "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Sqrt", "Exp", "Log", "Reciprocal", "Abs",
     "Max", "Min", "Sum", "Mean", "Identity", "Dropout", "Cast", "Mish", "QuantizeLinear", "DequantizeLinear", "Pad",
-    "Resize", "Upsample", "Where", "Concat", "Slice", "Split", "Mish", "Softsign", "Softplus",
+    "Resize", "Upsample", "Where", "Concat", "Slice", "Split", "Softsign",
 }
 _NCHW_PRODUCERS = {
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization", "InstanceNormalization",
