@@ -75,7 +75,7 @@ class GradientRunner:
         return GradientResult(scores, activations, grads, input_grad, chosen)
 
     def _seed(self, batch: int, targets: Targets) -> np.ndarray:
-        if isinstance(targets, np.ndarray) and targets.ndim >= 2:
+        if isinstance(targets, np.ndarray) and np.issubdtype(targets.dtype, np.floating):  # a raw seed
             if targets.shape[0] != batch:
                 raise InputError(f"the seed has {targets.shape[0]} rows for a batch of {batch}")
             return targets.astype(np.float32)
@@ -153,6 +153,7 @@ def gradients(model: ModelSource, x: np.ndarray, layers: str | Sequence[str] | N
     """Scores, activations at `layers` (default: the last spatial feature map) and the gradients of the target
     score w.r.t. them (and w.r.t. x with `input_gradient`), in one onnxruntime run.
 
-    targets: None (predicted class per image), an int, one int per image, or a seed array shaped like the scores.
+    targets: None (predicted class per image), an int, one int per image, or a float seed array shaped like the
+    scores (the gradient of sum(seed * scores) is returned).
     """
     return GradientRunner(model, layers, input_gradient, **options).run(x, targets)

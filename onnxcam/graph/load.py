@@ -113,6 +113,7 @@ def _drop_initializer_inputs(model: ModelProto) -> None:
     if len(kept) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, 4)  # IR 4 is where weights stopped being inputs
 
 
 def _sort_nodes(model: ModelProto) -> None:
