@@ -146,3 +146,21 @@ def test_opset_of_user_model_unchanged():
     model = tiny_cnn(opset=11)
     load_model(model)
     assert default_opset(model) == 11
+
+
+@pytest.mark.parametrize("op,opset", [("Upsample", 9), ("Resize", 10)])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+@pytest.mark.parametrize("scales", [[1, 1, 2, 1.5], [1, 1, 1.7, 2.5]])
+def test_upgraded_resize_keeps_its_values(op, opset, mode, scales):
+    """The version converter drops the old x / scale coordinate mapping; the loader restores it."""
+    import onnxruntime as ort
+
+    node = helper.make_node(op, ["x", "s"], ["y"], mode=mode)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array(scales, np.float32), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=6)
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 4)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    after = ort.InferenceSession(load_model(model).SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(before, after)

@@ -160,6 +160,7 @@ def _upgrade_opset(model: ModelProto) -> ModelProto:
     opset = default_opset(model)
     if opset >= MIN_OPSET:
         return model
+    resized = {n.output[0] for n in model.graph.node if n.op_type in ("Upsample", "Resize") and opset < 11}
     try:
         upgraded = version_converter.convert_version(model, MIN_OPSET)
     except Exception as exc:  # the converter raises bare RuntimeErrors and C++ errors
@@ -171,10 +172,23 @@ def _upgrade_opset(model: ModelProto) -> ModelProto:
         else:
             raise ModelError(f"cannot upgrade the model from opset {opset} to {MIN_OPSET} ({exc}); "
                              "re-export it with opset 13 or newer") from None
+    _keep_old_resize_semantics(upgraded, resized)
     wanted_ir = _ir_version_for(MIN_OPSET)
     if upgraded.ir_version < wanted_ir:
         upgraded.ir_version = wanted_ir
     return upgraded
+
+
+def _keep_old_resize_semantics(model: ModelProto, outputs: set[str]) -> None:
+    """Upsample and Resize before opset 11 map output to input coordinates as x / scale ("asymmetric", nearest
+    rounding down); the converter leaves the opset-11 defaults (half_pixel), which changes linear results."""
+    for node in model.graph.node:
+        if node.op_type == "Resize" and node.output[0] in outputs:
+            kept = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.append(helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+            node.attribute.append(helper.make_attribute("nearest_mode", "floor"))
 
 
 def _ir_version_for(opset: int) -> int:
