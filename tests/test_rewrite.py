@@ -99,8 +99,8 @@ def test_unknown_layer_suggests_close_names():
 
 def test_missing_rule_names_op_node_and_alternatives():
     model = tiny_cnn()
-    model.graph.node[1].op_type = "Hardmax"  # piecewise constant, and no rule: it must be named
-    with pytest.raises(GradientError, match=r"'Hardmax' \(node 'relu', output 'feat'\).*eigencam"):
+    model.graph.node[1].op_type = "Det"  # no rule: it must be named (the model is never run)
+    with pytest.raises(GradientError, match=r"'Det' \(node 'relu', output 'feat'\).*eigencam"):
         onnxcam.gradients(model, image(), layers="scaled")
 
 
@@ -142,3 +142,18 @@ def test_head_with_skip_connection_has_extra_input():
     head = extract_head(model, "b", "y")
     assert head.extra_inputs == ["a"]
     assert [n.op_type for n in head.model.graph.node] == ["Add", "Tanh"]
+
+
+def test_no_dead_nodes_are_emitted():
+    """onnxruntime runs unused nodes too, so nothing the walker emits may be dead (e.g. weight gradients)."""
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parent.parent / "models" / "torch_exports").glob("*_op1[38].onnx"))[:4]:
+        model = load_model(path)
+        built = gradient_model(model, [default_layer(model, find_score(model)[0])], input_gradient=True)
+        graph = built.model.graph
+        consumed = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n.name for n in graph.node if n.name.startswith("onnxcam/") and not set(n.output) & consumed]
+        assert not dead, f"{path.name}: dead nodes {dead[:5]}"
+        emitted_weights = {t.name for t in graph.initializer if t.name.startswith("onnxcam/")}
+        assert emitted_weights <= consumed

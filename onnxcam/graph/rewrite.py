@@ -88,20 +88,33 @@ def gradient_model(model: onnx.ModelProto, layers: Sequence[str], input_gradient
     score_seed = seed if score == chosen else b.op("Reshape", seed, b.op("Shape", score))
     wrt = list(dict.fromkeys(list(layers) + ([image_input(rewritten)] if input_gradient else [])))
     grads = backward(b, forward_nodes, score, score_seed, wrt)
-    nodes, initializers = b.finish()
-    graph.node.extend(nodes)
-    graph.initializer.extend(initializers)
     result = GradientModel(rewritten, score, chosen)
     result.activations = {name: name for name in wrt}
     result.gradients = {name: GRAD_PREFIX + name for name in wrt}
-    renames = [helper.make_node("Identity", [grads[n]], [result.gradients[n]], name=f"onnxcam/out_{n}") for n in wrt]
-    graph.node.extend(renames)
-    graph.node.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
+    b.nodes.extend(helper.make_node("Identity", [grads[n]], [result.gradients[n]], name=f"onnxcam/out_{n}")
+                   for n in wrt)
+    b.nodes.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
+    nodes, initializers = _live(*b.finish(), {SCORES, *result.gradients.values()})
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
     outputs = {SCORES: (b.elem_type(chosen), b.static_shape(chosen))}
     for name in wrt:
         outputs[name] = outputs[result.gradients[name]] = (b.elem_type(name), b.static_shape(name))
     _add_outputs(rewritten, outputs)
     return result
+
+
+def _live(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
+          outputs: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Drop emitted nodes whose results reach no output (rules also emit gradients for weights, and
+    onnxruntime would compute those: it does not eliminate dead nodes)."""
+    live = set(outputs)
+    kept = []
+    for node in reversed(nodes):
+        if any(out in live for out in node.output):
+            kept.append(node)
+            live.update(node.input)
+    return kept[::-1], [t for t in initializers if t.name in live]
 
 
 def _effective_seed(b: Builder, scores: str, graph: onnx.GraphProto, like: str) -> str:

@@ -84,7 +84,7 @@ NON_DIFFERENTIABLE = (
     "Shape", "Size", "ConstantOfShape", "Range", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
     "LessOrEqual", "Not", "And", "Or", "Xor", "NonZero", "IsNaN", "IsInf", "Sign", "Floor", "Ceil", "Round",
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial", "OneHot",
-    "EyeLike", "Constant", "NonMaxSuppression", "BitShift",
+    "EyeLike", "Constant", "NonMaxSuppression", "Hardmax", "BitShift",
 )
 for _op in NON_DIFFERENTIABLE:
     RULES[_op] = Rule(_no_gradient, ())
