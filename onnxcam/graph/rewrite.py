@@ -121,7 +121,10 @@ def _effective_seed(b: Builder, scores: str, graph: onnx.GraphProto, like: str) 
     """The seed input; for rank-2 scores, rows of zeros become the one-hot of the predicted class."""
     shape = b.static_shape(like)
     elem_type = b.elem_type(like)
-    dims = list(shape) if shape is not None else None
+    # Only the rank is declared: onnx's inferred sizes can disagree with onnxruntime's (ceil-mode pooling,
+    # SAME ConvTranspose), and a wrong declared size would make onnxruntime reject every seed.
+    dims: list[int | str | None] | None = [f"onnxcam_seed_{i}" for i in range(len(shape))] if shape is not None \
+        else None
     graph.input.append(helper.make_tensor_value_info(SEED, elem_type, dims))
     b.set_shape(SEED, tuple(dims) if dims is not None else None, elem_type)
     if shape is None or len(shape) != 2:
@@ -139,6 +142,6 @@ def _add_outputs(model: onnx.ModelProto, names: dict[str, tuple[int, Shape | Non
     existing = {o.name for o in model.graph.output}
     for name, (elem_type, shape) in names.items():
         if name not in existing:
-            dims = list(shape) if shape is not None else None
+            dims = [None] * len(shape) if shape is not None else None  # rank only, for the same reason
             model.graph.output.append(helper.make_tensor_value_info(name, elem_type, dims))
             existing.add(name)
