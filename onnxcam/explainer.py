@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from onnxcam.errors import InputError, LayerError
 from onnxcam.gradients import GradientRunner, Targets, check_input, target_ids
@@ -19,7 +18,7 @@ from onnxcam.methods import Evidence, get_method
 from onnxcam.methods.fullgrad import layer_biases
 from onnxcam.methods.heads import linear_head_weights
 from onnxcam.methods.postprocess import combine, normalise
-from onnxcam.runtime import cached_model, choose_providers, make_session, model_key
+from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
 
 
 class Explainer:
@@ -133,7 +132,7 @@ class Explainer:
                 providers=self.providers, preloaded=True)
         return self._gradient_runners[key]
 
-    def _forward_session(self, tensors: tuple[str, ...]) -> ort.InferenceSession:
+    def _forward_session(self, tensors: tuple[str, ...]) -> Session:
         key = ("forward", tensors)
         if key not in self._sessions:
             wanted = [self.score] + [t for t in tensors if t != self.score]
@@ -157,7 +156,7 @@ class Explainer:
             return session.run([self.score], feeds)[0].reshape(len(features), -1)
         return head_scores
 
-    def _head_session(self, layer: str) -> tuple[ort.InferenceSession, list[str]]:
+    def _head_session(self, layer: str) -> tuple[Session, list[str]]:
         key = ("head", layer)
         if key not in self._sessions:
             head = extract_head(self.model, layer, self.score)

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -101,13 +102,39 @@ def model_key(model: onnx.ModelProto, *parts: object) -> str:
     return digest.hexdigest()
 
 
-def make_session(model: onnx.ModelProto | Path, providers: Sequence[str]) -> ort.InferenceSession:
+class Session:
+    """An onnxruntime session whose run errors become one-line OnnxcamErrors (no C++ stack in users' faces)."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+
+    def run(self, names: Sequence[str], feeds: dict[str, Any]) -> list[Any]:
+        try:
+            return self.session.run(list(names), feeds)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise OnnxcamError(f"onnxruntime failed to run the model: {_last_line(exc)}") from None
+
+    def get_inputs(self) -> Any:
+        return self.session.get_inputs()
+
+    def get_outputs(self) -> Any:
+        return self.session.get_outputs()
+
+    def get_providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+
+def _last_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def make_session(model: onnx.ModelProto | Path, providers: Sequence[str]) -> Session:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initializers and the like are noise for users
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
     try:
-        return ort.InferenceSession(source, options, providers=list(providers))
+        return Session(ort.InferenceSession(source, options, providers=list(providers)))
     except Exception as exc:  # onnxruntime raises its own exception types
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"onnxruntime cannot load the model: {message}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {_last_line(exc)}") from None
