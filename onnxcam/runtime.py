@@ -94,10 +94,12 @@ def _save_atomic(model: onnx.ModelProto, path: Path) -> None:
 def model_key(model: onnx.ModelProto, *parts: object) -> str:
     """A content hash of the model plus the rewrite request, used as a cache key."""
     digest = hashlib.sha256()
-    digest.update(model.SerializeToString(deterministic=True) if model.ByteSize() < 2**31 - 1 else b"")
-    for tensor in model.graph.initializer:
-        if model.ByteSize() >= 2**31 - 1:
-            digest.update(tensor.raw_data)
+    if model.ByteSize() < 2**31 - 1:
+        digest.update(model.SerializeToString(deterministic=True))
+    else:  # protobuf cannot serialise 2 GiB at once: hash the parts
+        graph = model.graph
+        for part in [*model.opset_import, *graph.input, *graph.output, *graph.node, *graph.initializer]:
+            digest.update(part.SerializeToString(deterministic=True))
     digest.update(repr(parts).encode())
     return digest.hexdigest()
 
