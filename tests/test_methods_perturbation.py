@@ -332,3 +332,43 @@ def test_layer_perturbations_run_only_the_head(resnet: Explainer, method: str, m
     head = extract_head(resnet.model, layer, resnet.score).model
     before = ancestors(list(resnet.model.graph.node), layer)
     assert head.graph.node and not any(out in before for node in head.graph.node for out in node.output)
+
+
+def test_scorecam_scores_constant_channels_once():
+    """Constant channels all mask the image to zero: one run scores them, with the same result as one run each."""
+    from onnxcam.methods import Evidence
+    from onnxcam.methods.perturbation import iscam, scorecam
+
+    rng = np.random.default_rng(5)
+    acts = rng.random((1, 6, 3, 3))
+    acts[0, [1, 3, 4]] = 0.0
+    acts[0, 5] = 2.5
+    weights = rng.standard_normal((4, 3 * 8 * 8))
+    seen = []
+
+    def scores_of(batch):  # a fixed linear "model" over the pixels, in NumPy
+        seen.append(len(batch))
+        return batch.reshape(len(batch), -1).astype(np.float64) @ weights.T
+
+    ev = Evidence(acts, None, np.array([2]), np.zeros((1, 4)), rng.random((1, 3, 8, 8)), "l", input_size=(8, 8))
+    ev.scores_of = scores_of
+    got = scorecam(ev, batch_size=1)
+    assert sum(seen) == 3  # channels 0 and 2, plus one run for the four constant ones
+    expected = []
+    for k in range(6):
+        up = _bilinear_align_corners(acts[0, k], 8)
+        mask = (up - up.min()) / (up.max() - up.min() + 1e-8)
+        expected.append(float(scores_of((ev.x[0] * mask)[None])[0, 2]))
+    e = np.exp(np.array(expected) - max(expected))
+    np.testing.assert_allclose(got[0], e / e.sum(), rtol=1e-5)  # masked inputs are float32
+    seen.clear()
+    iscam(ev, num_samples=2, batch_size=8)
+    assert sum(seen) == 2 * 3
+
+
+def _bilinear_align_corners(m, size):
+    src = np.arange(size) * (m.shape[0] - 1) / (size - 1)
+    low = np.minimum(np.floor(src).astype(int), m.shape[0] - 2)
+    frac = src - low
+    rows = m[low] * (1 - frac)[:, None] + m[low + 1] * frac[:, None]
+    return rows[:, low] * (1 - frac)[None] + rows[:, low + 1] * frac[None]

@@ -30,7 +30,7 @@ def scorecam(ev: Evidence, batch_size: int = 32, channels: int | None = None,
     """
     def masks(i: int, ks: np.ndarray, _: int) -> np.ndarray:
         return _minmax(_upsample(ev.activations[i, ks], ev.input_size, align_corners=True))
-    return _score_weights(ev, masks, 1, batch_size, channels, scorecam_weights)
+    return _score_weights(ev, masks, 1, batch_size, channels, scorecam_weights, flat_share=True)
 
 
 @method("sscam", "perturbation", "activations", "1 forward + num_samples x K forwards",
@@ -59,25 +59,34 @@ def iscam(ev: Evidence, num_samples: int = 10, batch_size: int = 32, channels: i
     def masks(i: int, ks: np.ndarray, sample: int) -> np.ndarray:
         s = sample + 1
         return _torchcam_masks(ev, i, ks) * (s * (s + 1) / (2 * num_samples))
-    return _score_weights(ev, masks, num_samples, batch_size, channels, scorecam_weights)
+    return _score_weights(ev, masks, num_samples, batch_size, channels, scorecam_weights, flat_share=True)
 
 
 def _score_weights(ev: Evidence, masks_of: Callable[[int, np.ndarray, int], np.ndarray], samples: int,
-                   batch_size: int, channels: int | None, weighting: str) -> np.ndarray:
-    """(N, K) weights from the target scores of x * masks_of(image, channel ids, sample), averaged over samples."""
+                   batch_size: int, channels: int | None, weighting: str, flat_share: bool = False) -> np.ndarray:
+    """(N, K) weights from the target scores of x * masks_of(image, channel ids, sample), averaged over samples.
+
+    flat_share: a constant channel gives an all-zero mask (min-max of a constant), so all such channels mask the
+    image identically; one run then scores them all (exact, and common after ReLU).
+    """
     if weighting not in ("softmax", "probability"):
         raise InputError(f"scorecam_weights must be 'softmax' or 'probability', not '{weighting}'")
     assert ev.scores_of is not None
     weights = np.zeros(ev.activations.shape[:2])
     for i, target in enumerate(ev.targets):
         chosen = _top_channels(ev.activations[i], channels)
-        total = np.zeros(len(chosen))
+        flat = np.ptp(ev.activations[i, chosen], axis=(1, 2)) == 0 if flat_share else np.zeros(len(chosen), bool)
+        run = np.concatenate([chosen[~flat], chosen[flat][:1]])
+        total = np.zeros(len(run))
         for sample in range(samples):
-            for start in range(0, len(chosen), batch_size):
-                ks = chosen[start:start + batch_size]
+            for start in range(0, len(run), batch_size):
+                ks = run[start:start + batch_size]
                 scores = ev.scores_of(_apply_masks(ev, i, masks_of(i, ks, sample))).astype(np.float64)
                 total[start:start + len(ks)] += (_softmax(scores) if weighting == "probability" else scores)[:, target]
-        mean = total / samples
+        per_channel = np.empty(len(chosen))
+        per_channel[~flat] = total[:int((~flat).sum())]
+        per_channel[flat] = total[-1] if flat.any() else 0.0
+        mean = per_channel / samples
         weights[i, chosen] = mean if weighting == "probability" else _softmax(mean)
     return weights
 
