@@ -12,19 +12,33 @@ def principal_projection(stack: np.ndarray, sign: str = "activation") -> np.ndar
     """Project each image's (K, h, w) stack on its first principal component over positions -> (N, h, w).
 
     SVD leaves the component's sign arbitrary. sign="activation" flips it so the map correlates positively with
-    the channel sum of the stack (stable maps); sign="svd" keeps LAPACK's sign, as pytorch-grad-cam does.
+    the channel sum of the stack (stable maps); sign="svd" keeps LAPACK's SVD sign, as pytorch-grad-cam does.
     """
     stack = np.nan_to_num(stack.astype(np.float64))
     maps = np.zeros((stack.shape[0],) + stack.shape[2:], np.float64)
     for i, image in enumerate(stack):
         states = image.reshape(image.shape[0], -1).T
         centred = states - states.mean(axis=0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        projection = centred @ vt[0]
-        if sign == "activation" and np.dot(projection, states.sum(axis=1) - states.sum(axis=1).mean()) < 0:
-            projection = -projection
+        if sign == "svd":
+            projection = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+        else:
+            projection = _first_component(centred)
+            total = states.sum(axis=1)
+            if np.dot(projection, total - total.mean()) < 0:
+                projection = -projection
         maps[i] = projection.reshape(image.shape[1:])
     return maps
+
+
+def _first_component(centred: np.ndarray) -> np.ndarray:
+    """centred @ v1 (v1 the top right singular vector) from the smaller Gram matrix: an eigh of
+    min(positions, channels)^2 entries is far cheaper than an SVD of the whole (positions, channels) matrix."""
+    positions, channels = centred.shape
+    if positions <= channels:
+        values, vectors = np.linalg.eigh(centred @ centred.T)
+        return vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    return centred @ vectors[:, -1]
 
 
 def combine(result: np.ndarray, activations: np.ndarray, eigen_smooth: bool) -> np.ndarray:

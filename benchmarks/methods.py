@@ -1,0 +1,135 @@
+"""Per-image time of every CAM method next to a plain forward pass, measured in one run.
+
+ResNet-18 and ResNet-50 (torchvision architectures, random weights, built without torch by
+models/build_resnet.py) at 224x224 on the CPU provider. With torch and pytorch-grad-cam installed
+(`pip install -e ".[parity]"`), the same methods are timed on torchvision's models and the speed-up printed.
+
+    python benchmarks/methods.py [--depths 18,50] [--images 2] [--repeat 3] [--methods gradcam,scorecam]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's progress bars would fill the table
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gradients import _cpu_name, resnet_path  # noqa: E402
+
+from onnxcam.explainer import Explainer  # noqa: E402
+from onnxcam.methods import METHODS  # noqa: E402
+from onnxcam.runtime import make_session  # noqa: E402
+
+# Methods whose cost is K forward passes (K = channels): timed once, on the exact method unless noted.
+PERTURBATION = {"scorecam", "sscam", "iscam"}
+# Options for the benchmark run: SS-CAM and IS-CAM are 35x and 10x Score-CAM, so they get a channel budget.
+OPTIONS: dict[str, dict[str, object]] = {"sscam": {"channels": 64}, "iscam": {"channels": 64}}
+TARGETS = {"gradient": 1.15, "eigencam": 1.10}
+ABLATION_TARGET = 3.0          # ablationcam on ResNet-50's last stage
+SCORE_SPEEDUP_TARGET = 2.0     # Score-CAM family vs pytorch-grad-cam
+GRADCAM_CLASSES = {
+    "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
+    "gradcam-elementwise": "GradCAMElementWise", "layercam": "LayerCAM", "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "fullgrad": "FullGrad",
+    "random": "RandomCAM",
+}
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up: sessions, caches
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_timer(depth: int, x: np.ndarray, targets: list[int]) -> Callable[[str, int], float | None] | None:
+    """Times pytorch-grad-cam on torchvision's ResNet of the same depth, or None without torch."""
+    try:
+        import pytorch_grad_cam
+        import torch
+        import torchvision
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        return None
+    torch.set_num_threads(2)
+    model = getattr(torchvision.models, f"resnet{depth}")(weights=None).eval()
+    tensor = torch.from_numpy(x)
+    classes = [ClassifierOutputTarget(t) for t in targets]
+
+    def run(method: str, repeat: int) -> float | None:
+        name = GRADCAM_CLASSES.get(method)
+        if name is None:
+            return None
+        cam = getattr(pytorch_grad_cam, name)(model=model, target_layers=[model.layer4[-1]])
+        return median_time(lambda: cam(input_tensor=tensor, targets=classes), repeat) / len(x)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", default="18,50")
+    parser.add_argument("--images", type=int, default=2, help="images per batch")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeat", type=int, default=3, help="timed repetitions of the cheap methods")
+    parser.add_argument("--methods", default=",".join(sorted(METHODS)))
+    args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.images, 3, args.size, args.size)).astype(np.float32)
+    targets = list(range(args.images))
+    print(f"CPU: {_cpu_name()}; {args.images} images of {args.size}x{args.size}; times are per image (ms)")
+    failed = False
+    for depth in [int(d) for d in args.depths.split(",")]:
+        path, _ = resnet_path(depth, args.size)
+        plain = make_session(path, ["CPUExecutionProvider"])
+        forward = median_time(partial(plain.run, ["logits"], {"input": x}), max(args.repeat, 5)) / len(x)
+        explainer = Explainer(path, device="cpu")
+        reference = torch_timer(depth, x, targets)
+        print(f"\n### ResNet-{depth} (layer `{explainer.default_layer}`), plain forward {forward * 1e3:.1f} ms/image\n")
+        print("| method | ms / image | ratio to forward | target | pytorch-grad-cam ms / image | speed-up |")
+        print("|---|---:|---:|---|---:|---:|")
+        for name in methods:
+            options = OPTIONS.get(name, {})
+            repeat = 1 if name in PERTURBATION or name == "ablationcam" and depth > 18 else args.repeat
+            seconds = median_time(partial(explainer.explain, x, name, targets=targets, **options), repeat) / len(x)
+            ratio = seconds / forward
+            target, ok = _target(name, depth, ratio)
+            theirs = reference(name, 1 if name in PERTURBATION else args.repeat) if reference else None
+            speedup = theirs / seconds if theirs else None
+            if name in PERTURBATION and speedup is not None and not options:
+                target, ok = f"≥ {SCORE_SPEEDUP_TARGET:.0f}x faster", speedup >= SCORE_SPEEDUP_TARGET
+            failed |= ok is False
+            label = name + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+            verdict = "" if ok is None else (" PASS" if ok else " FAIL")
+            print(f"| {label} | {seconds * 1e3:.1f} | {ratio:.2f}x | {target}{verdict} | "
+                  f"{'-' if theirs is None else f'{theirs * 1e3:.1f}'} | "
+                  f"{'-' if speedup is None else f'{speedup:.1f}x'} |")
+    return 1 if failed else 0
+
+
+def _target(name: str, depth: int, ratio: float) -> tuple[str, bool | None]:
+    spec = METHODS[name]
+    if name == "eigencam":
+        return f"≤ {TARGETS['eigencam']:.2f}x", ratio <= TARGETS["eigencam"]
+    if spec.family == "gradient" and spec.needs == "gradients" and name != "smoothgradcam++":
+        return f"≤ {TARGETS['gradient']:.2f}x", ratio <= TARGETS["gradient"]
+    if name == "ablationcam" and depth == 50:
+        return f"≤ {ABLATION_TARGET:.0f}x", ratio <= ABLATION_TARGET
+    return "-", None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
