@@ -139,7 +139,7 @@ class Builder:
         """Sum `grad` (shaped like the broadcast result `out`) down to the shape of input `x`."""
         x_shape, out_shape = self.static_shape(x), self.static_shape(out)
         if x_shape is not None and out_shape is not None:
-            if x_shape == out_shape and all(isinstance(d, int) for d in x_shape):
+            if x_shape == out_shape and None not in x_shape:  # equal symbols are equal sizes
                 return grad
             lead = len(out_shape) - len(x_shape)
             static = [d for d in x_shape if isinstance(d, int)]

@@ -30,8 +30,10 @@ def neg(b: Builder, node: Node, grads: list[str | None]) -> Grads:
 
 @rule("Relu")
 def relu(b: Builder, node: Node, grads: list[str | None]) -> Grads:
-    x = node.inputs[0]
-    return [_where_positive(b, x, grads[0] or "", b.scalar_like(0.0, x))]
+    # The mask reads the output (y > 0 exactly where x > 0), so the input need not be kept: onnxruntime can then
+    # still fuse Conv + Add + Relu in the forward pass.
+    y = node.outputs[0]
+    return [_where_positive(b, y, grads[0] or "", b.scalar_like(0.0, y))]
 
 
 @rule("LeakyRelu")
