@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 import onnxcam
-from onnxcam.explainer import Explainer
+from onnxcam import Explainer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "shapes_resnet.onnx"
@@ -28,8 +28,8 @@ def preprocess(path: Path, spec: dict) -> tuple[np.ndarray, np.ndarray]:
     if bgr is None:
         raise onnxcam.InputError(f"cannot read image {path}")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    size = int(spec["size"])
-    resized = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    height, width = spec["size"]
+    resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32) * spec["scale"]
     x = (resized - np.array(spec["mean"], np.float32)) / np.array(spec["std"], np.float32)
     return x.transpose(2, 0, 1)[None], rgb
 

@@ -3,9 +3,11 @@
 __version__ = "0.1.0"
 
 from onnxcam.errors import GradientError, InputError, LayerError, ModelError, OnnxcamError  # noqa: E402
+from onnxcam.explainer import Explainer  # noqa: E402
 from onnxcam.gradients import GradientResult, GradientRunner, gradients  # noqa: E402
+from onnxcam.methods import METHODS as methods  # noqa: E402
 
 __all__ = [
-    "GradientError", "GradientResult", "GradientRunner", "InputError", "LayerError", "ModelError", "OnnxcamError",
-    "__version__", "gradients",
+    "Explainer", "GradientError", "GradientResult", "GradientRunner", "InputError", "LayerError", "ModelError",
+    "OnnxcamError", "__version__", "gradients", "methods",
 ]
