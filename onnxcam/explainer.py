@@ -62,7 +62,8 @@ class Explainer:
         size = self.input_size(x)
         per_layer = []
         for evidence in self._evidence(x, targets, layers, spec.needs):
-            raw = combine(spec.fn(evidence, **_options_for(spec.fn, options)), evidence.activations, eigen_smooth)
+            result = spec.fn(evidence, **_options_for(spec.fn, options))
+            raw = combine(result, evidence.activations, eigen_smooth, options.get("eigen_sign", "activation"))
             per_layer.append(normalise(raw, size))
         if len(per_layer) == 1:
             return per_layer[0]
@@ -203,8 +204,8 @@ def _options_for(fn: Any, options: dict[str, Any]) -> dict[str, Any]:
     import inspect
 
     accepted = set(inspect.signature(fn).parameters) - {"ev"}
-    unknown = set(options) - accepted
+    unknown = set(options) - accepted - {"eigen_sign"}  # eigen_sign also steers eigen_smooth, for every method
     if unknown:
         raise InputError(f"unknown option(s) {', '.join(sorted(unknown))} for this method; it accepts: "
                          f"{', '.join(sorted(accepted)) or 'none'}")
-    return options
+    return {k: v for k, v in options.items() if k in accepted}

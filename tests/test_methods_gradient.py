@@ -113,3 +113,18 @@ def test_normalise_conventions():
 def test_unknown_method_lists_valid_names():
     with pytest.raises(InputError, match="gradcam"):
         get_method("nope")
+
+
+def test_eigen_smooth_follows_eigen_sign():
+    from toy_models import nhwc_cnn
+
+    from onnxcam import Explainer
+
+    explainer = Explainer(nhwc_cnn(), device="cpu")
+    x = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
+    ev = explainer._evidence(x, None, [explainer.default_layer], "gradients")[0]
+    weights = METHODS["gradcam"].fn(ev)
+    for sign in ("svd", "activation"):
+        expected = normalise(principal_projection(weights[:, :, None, None] * ev.activations, sign), (16, 16))
+        got = explainer.explain(x, "gradcam", eigen_smooth=True, eigen_sign=sign)
+        np.testing.assert_allclose(got, expected, atol=1e-6)

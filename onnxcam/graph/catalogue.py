@@ -51,14 +51,15 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
     def add(name: str, op_type: str, node_name: str, layout_hint: str | None) -> None:
         shape = shapes.get(name)
         is_float = types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
-        layout = _layout(shape, layout_hint) if is_float else None
+        # Inputs keep their layout whatever their dtype: uint8 images are images too.
+        layout = _layout(shape, layout_hint) if is_float or not op_type else None
         layouts[name] = layout
         infos.append(TensorInfo(name, op_type, node_name, shape, is_float, layout))
 
     weights = {t.name for t in graph.initializer}
     for value in graph.input:
         if value.name not in weights:
-            add(value.name, "", "", _guess_layout(shapes.get(value.name)))
+            add(value.name, "", "", guess_layout(shapes.get(value.name)))
     for node in graph.node:
         hint = _layout_hint(node, layouts)
         for out in node.output:
@@ -94,7 +95,7 @@ def _layout(shape: Shape | None, hint: str | None) -> str | None:
     return hint
 
 
-def _guess_layout(shape: Shape | None) -> str | None:
+def guess_layout(shape: Shape | None) -> str | None:
     """Layout of an image input from its shape alone: channels are rarely the two equal dims.
 
     Only graph inputs are guessed; inside the graph the layout flows from convolution-like producers, so attention

@@ -41,12 +41,13 @@ def _first_component(centred: np.ndarray) -> np.ndarray:
     return centred @ vectors[:, -1]
 
 
-def combine(result: np.ndarray, activations: np.ndarray, eigen_smooth: bool) -> np.ndarray:
+def combine(result: np.ndarray, activations: np.ndarray, eigen_smooth: bool,
+            eigen_sign: str = "activation") -> np.ndarray:
     """Turn a method's result (weights, weighted activations or maps) into raw maps (N, h, w)."""
     if result.ndim == 2:
         result = result[:, :, None, None] * activations
     if result.ndim == 4:
-        return principal_projection(result) if eigen_smooth else result.sum(axis=1)
+        return principal_projection(result, eigen_sign) if eigen_smooth else result.sum(axis=1)
     return result
 
 

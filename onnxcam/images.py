@@ -1,0 +1,342 @@
+"""Images in, model inputs out: decoding (OpenCV), pixel limits, preprocessing presets, layouts and labels.
+
+Preprocessing is `x = (pixel * scale - mean) / std` per channel, on an RGB (or BGR) image resized straight to the
+model's input size (no crop), then laid out as the model's input (NCHW or NHWC) in its dtype. Where the settings
+come from, first match wins per field: explicit options, a named preset, the model's "preprocessing" metadata
+(JSON with size, layout, channel_order, scale, mean, std), then the `imagenet` preset for float inputs and raw
+pixels for uint8 inputs. A dynamic input size defaults to DEFAULT_SIZE.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnx
+
+from onnxcam.errors import InputError
+from onnxcam.graph.catalogue import guess_layout
+
+# Images above this many pixels are refused (checked from the file header before decoding where the format allows).
+MAX_PIXELS = 40_000_000
+DEFAULT_SIZE = 224
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
+
+
+class ImageError(InputError):
+    """One image cannot be used (unreadable, not an image, truncated, too large); the batch goes on."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    size: tuple[int, int]                    # (H, W) of the model input
+    layout: str = "NCHW"                     # "NCHW" or "NHWC"
+    channels: int = 3                        # 1 (grayscale) or 3
+    bgr: bool = False                        # channel order fed to the model
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    dtype: str = "float32"                   # "float32", "float16", "float64" or "uint8" (raw pixels)
+
+    def describe(self) -> dict[str, Any]:
+        return {"size": list(self.size), "layout": self.layout, "channels": self.channels,
+                "channel_order": "BGR" if self.bgr else "RGB", "scale": self.scale, "mean": list(self.mean),
+                "std": list(self.std), "dtype": self.dtype}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "imagenet": {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "bgr": False},
+    "inception": {"scale": 1 / 255, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "bgr": False},  # [-1, 1]
+    "raw255": {"scale": 1.0, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "bgr": False},
+    "caffe": {"scale": 1.0, "mean": (103.939, 116.779, 123.68), "std": (1.0, 1.0, 1.0), "bgr": True},
+    "unit": {"scale": 1 / 255, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "bgr": False},
+}
+
+_DTYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+           onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.UINT8: "uint8"}
+
+
+# --- decoding ---------------------------------------------------------------------------------------------------
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a PNG, JPEG, GIF, BMP or WebP header, or None when unknown."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", data[6:10])
+        if data[:2] == b"BM":
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            if data[12:16] == b"VP8X":
+                return (int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1)
+            if data[12:16] == b"VP8 ":
+                w, h = struct.unpack("<HH", data[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+            if data[12:16] == b"VP8L":
+                bits = int.from_bytes(data[21:25], "little")
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+    except struct.error:
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An RGB uint8 image (H, W, 3); grayscale is repeated, alpha dropped, 16-bit and float scaled to 8 bits."""
+    name = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read {name}: {e.strerror or e}") from None
+    if not data:
+        raise ImageError(f"{name} is empty (0 bytes)")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageError(f"{name} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, above the limit of "
+                         f"{max_pixels:,}; downscale it first")
+    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < 0:  # OpenCV would decode a grey-filled image
+        raise ImageError(f"{name} is a truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        kind = "is truncated or corrupt" if size is not None else "is not a readable image"
+        raise ImageError(f"{name} {kind} (OpenCV could not decode it)")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageError(f"{name} has {image.shape[0] * image.shape[1]:,} pixels, above the limit of {max_pixels:,}")
+    return to_rgb8(image)
+
+
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """OpenCV's decoded array (gray, BGR or BGRA; 8/16-bit or float) as RGB uint8."""
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image.astype(np.float32) * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB)
+
+
+# --- preprocessing ----------------------------------------------------------------------------------------------
+def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _input_value(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
+    return next(i for i in model.graph.input if i.name == name)
+
+
+def resolve_preprocessing(model: onnx.ModelProto, input_name: str, layout: str | None = None,
+                          preset: str | None = None, mean: Sequence[float] | None = None,
+                          std: Sequence[float] | None = None, size: int | Sequence[int] | None = None,
+                          bgr: bool | None = None, scale: float | None = None) -> Preprocessing:
+    """The preprocessing for `model`'s image input; see the module docstring for the order of sources."""
+    dims = input_dims(model, input_name)
+    dtype = _DTYPES.get(_input_value(model, input_name).type.tensor_type.elem_type, "float32")
+    meta = _metadata_preprocessing(model)
+    layout = (layout or meta.get("layout") or guess_layout(tuple(dims)) or "NCHW").upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise InputError(f"unknown layout '{layout}'; use NCHW or NHWC")
+    static_hw: list[int | None] = [None, None]
+    channels = 3
+    if len(dims) == 4:
+        c, h, w = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
+        static_hw, channels = [h, w], c if c in (1, 3) else 3
+    fields: dict[str, Any] = {}
+    if dtype != "uint8":
+        fields.update(PRESETS["imagenet"])
+    else:
+        fields.update(PRESETS["raw255"])
+    fields.update({k: meta[k] for k in ("scale", "mean", "std", "bgr") if k in meta})
+    if preset is not None:
+        fields.update(preset_fields(preset))
+    for key, given in (("mean", mean), ("std", std), ("bgr", bgr), ("scale", scale)):
+        if given is not None:
+            fields[key] = given
+    wanted = _pair(size) if size is not None else _pair(meta["size"]) if "size" in meta else None
+    hw = []
+    for axis in range(2):
+        fixed = static_hw[axis]
+        if fixed is not None and wanted is not None and wanted[axis] != fixed and size is not None:
+            raise InputError(f"--size {wanted[0]}x{wanted[1]} does not fit the model, whose input is "
+                             f"{static_hw[0]}x{static_hw[1]}")
+        hw.append(fixed if fixed is not None else wanted[axis] if wanted is not None else DEFAULT_SIZE)
+    mean_t = _per_channel(fields["mean"], "mean", channels)
+    std_t = _per_channel(fields["std"], "std", channels)
+    if any(s == 0 for s in std_t):
+        raise InputError("std must not contain 0")
+    return Preprocessing((hw[0], hw[1]), layout, channels, bool(fields["bgr"]), float(fields["scale"]), mean_t,
+                         std_t, dtype)
+
+
+def input_dims(model: onnx.ModelProto, name: str) -> list[int | None]:
+    dims = _input_value(model, name).type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+
+
+def preset_fields(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise InputError(f"unknown preset '{name}'{hint} (presets: {', '.join(PRESETS)})")
+    return dict(PRESETS[name])
+
+
+def _metadata_preprocessing(model: onnx.ModelProto) -> dict[str, Any]:
+    raw = model_metadata(model).get("preprocessing")
+    if not raw:
+        return {}
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(spec, dict):
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(spec.get("preset"), str) and spec["preset"] in PRESETS:
+        out.update(PRESETS[spec["preset"]])
+    for key in ("mean", "std", "size", "scale", "layout"):
+        if key in spec:
+            out[key] = spec[key]
+    if isinstance(spec.get("channel_order"), str):
+        out["bgr"] = spec["channel_order"].upper() == "BGR"
+    return out
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    values = [int(v) for v in size] if isinstance(size, (list, tuple)) else [int(size)]
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) <= 0:
+        raise InputError(f"size {size} is not a positive int or (H, W) pair")
+    return values[0], values[1]
+
+
+def _per_channel(values: Any, what: str, channels: int) -> tuple[float, ...]:
+    seq = [float(v) for v in values] if isinstance(values, (list, tuple)) else [float(values)]
+    if len(seq) == 1:
+        seq *= channels
+    if channels == 1 and len(seq) == 3:
+        seq = [sum(seq) / 3]
+    if len(seq) != channels:
+        raise InputError(f"{what} has {len(seq)} values but the model takes {channels} channel(s)")
+    return tuple(seq)
+
+
+def preprocess(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """One RGB uint8 image as the model's input (1, ...) in its layout and dtype."""
+    h, w = spec.size
+    resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if rgb.shape[0] > h else cv2.INTER_LINEAR)
+    if spec.channels == 1:
+        pixels = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[:, :, None]
+    else:
+        pixels = resized[:, :, ::-1] if spec.bgr else resized
+    if spec.dtype == "uint8":
+        x = np.ascontiguousarray(pixels)
+    else:
+        x = (pixels.astype(np.float32) * np.float32(spec.scale) - np.asarray(spec.mean, np.float32)) / np.asarray(
+            spec.std, np.float32)
+        x = x.astype(spec.dtype)
+    if spec.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x[None])
+
+
+# --- labels -----------------------------------------------------------------------------------------------------
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Class names in output order from a text file (one per line), a JSON list, or a JSON dict index -> name."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read labels file {path}: {e}") from None
+    if Path(path).suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
+        try:
+            return parse_labels(json.loads(text), str(path))
+        except json.JSONDecodeError as e:
+            raise InputError(f"labels file {path} is not valid JSON: {e}") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+def parse_labels(value: Any, where: str) -> list[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if isinstance(value, dict):
+        try:
+            pairs = {int(k): str(v) for k, v in value.items()}
+        except (TypeError, ValueError):
+            try:  # name -> index
+                pairs = {int(v): str(k) for k, v in value.items()}
+            except (TypeError, ValueError):
+                raise InputError(f"labels in {where} must map class indices to names") from None
+        if sorted(pairs) != list(range(len(pairs))):
+            raise InputError(f"labels in {where} do not cover the class indices 0..{len(pairs) - 1} exactly")
+        return [pairs[i] for i in range(len(pairs))]
+    raise InputError(f"labels in {where} must be a JSON list or dict")
+
+
+def model_labels(model: onnx.ModelProto) -> list[str] | None:
+    raw = model_metadata(model).get("labels")
+    if not raw:
+        return None
+    try:
+        return parse_labels(json.loads(raw), "the model's metadata")
+    except (json.JSONDecodeError, InputError):
+        return None
+
+
+def check_labels(labels: list[str], classes: int | None, source: str) -> None:
+    if classes is not None and len(labels) != classes:
+        raise InputError(f"{source} has {len(labels)} labels but the model has {classes} classes")
+
+
+def resolve_target(target: str, labels: list[str] | None, classes: int | None) -> int:
+    """A class index from an index or a label name."""
+    text = target.strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if index < 0 or (classes is not None and index >= classes):
+            raise InputError(f"target class {index} is out of range (the model has {classes} classes)")
+        return index
+    if not labels:
+        raise InputError(f"target '{target}' is not a class index and no labels are known; pass --labels")
+    if text in labels:
+        return labels.index(text)
+    lowered = [label.lower() for label in labels]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    close = difflib.get_close_matches(text, labels, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise InputError(f"no class labelled '{target}'{hint}")
