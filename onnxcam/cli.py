@@ -32,7 +32,10 @@ app = typer.Typer(help="Class activation maps (Grad-CAM and friends) for ONNX im
                   add_completion=False, pretty_exceptions_enable=False)
 console = Console()
 err_console = Console(stderr=True)
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The demo assets live in the source tree (models/, examples/): found beside an editable install, else from the
+# current folder when that is a checkout.
+REPO_ROOT = next((root for root in (Path(__file__).resolve().parent.parent, Path.cwd())
+                  if (root / "models" / "shapes_resnet.onnx").is_file()), Path(__file__).resolve().parent.parent)
 DEMO_MODEL = REPO_ROOT / "models" / "shapes_resnet.onnx"
 DEMO_IMAGES = REPO_ROOT / "examples" / "images"
 
