@@ -6,6 +6,11 @@ import warnings
 
 import cv2
 import numpy as np
+from threadpoolctl import ThreadpoolController
+
+# The matrices here are tiny; a multi-threaded BLAS would only wake threads that then spin against
+# onnxruntime's pool (measured: 18 ms instead of 1 ms per ResNet-18 batch right after a run).
+_BLAS = ThreadpoolController()
 
 
 def principal_projection(stack: np.ndarray, sign: str = "activation") -> np.ndarray:
@@ -16,18 +21,23 @@ def principal_projection(stack: np.ndarray, sign: str = "activation") -> np.ndar
     """
     stack = np.nan_to_num(stack.astype(np.float64))
     maps = np.zeros((stack.shape[0],) + stack.shape[2:], np.float64)
-    for i, image in enumerate(stack):
-        states = image.reshape(image.shape[0], -1).T
-        centred = states - states.mean(axis=0)
-        if sign == "svd":
-            projection = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
-        else:
-            projection = _first_component(centred)
-            total = states.sum(axis=1)
-            if np.dot(projection, total - total.mean()) < 0:
-                projection = -projection
-        maps[i] = projection.reshape(image.shape[1:])
+    with _BLAS.limit(limits=1, user_api="blas"):
+        for i, image in enumerate(stack):
+            maps[i] = _project(image, sign)
     return maps
+
+
+def _project(image: np.ndarray, sign: str) -> np.ndarray:
+    states = image.reshape(image.shape[0], -1).T
+    centred = states - states.mean(axis=0)
+    if sign == "svd":
+        projection = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+    else:
+        projection = _first_component(centred)
+        total = states.sum(axis=1)
+        if np.dot(projection, total - total.mean()) < 0:
+            projection = -projection
+    return projection.reshape(image.shape[1:])
 
 
 def _first_component(centred: np.ndarray) -> np.ndarray:
