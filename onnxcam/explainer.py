@@ -9,7 +9,6 @@ import numpy as np
 
 from onnxcam.errors import InputError, LayerError
 from onnxcam.gradients import GradientRunner, Targets, check_input, target_ids
-from onnxcam.graph.builder import _static_shapes
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.head import extract_head
 from onnxcam.graph.load import ModelSource, load_model
@@ -47,6 +46,10 @@ class Explainer:
         self._layouts = {t.name: t.layout for t in self.tensors}
         self._sessions: dict[Any, Any] = {}
         self._gradient_runners: dict[tuple[tuple[str, ...], bool], GradientRunner] = {}
+        self._heads: dict[str, np.ndarray | None] = {}
+        value = next(i for i in self.model.graph.input if i.name == self.input_name)
+        self._input_type = {1: "tensor(float)", 11: "tensor(double)", 10: "tensor(float16)", 2: "tensor(uint8)"}.get(
+            value.type.tensor_type.elem_type, "tensor(float)")
 
     # --- public -------------------------------------------------------------------------------------------------
     def explain(self, x: np.ndarray, method: str = "gradcam", targets: Targets = None,
@@ -106,7 +109,7 @@ class Explainer:
             evidence.scores_of = self._scores_of
             evidence.head_scores = self._head_scores_fn(name, x)
             evidence.gradients_of = self._gradients_of_fn(name, chosen)
-            head = linear_head_weights(self.model, name, self.score)
+            head = self._head_weights(name)
             if head is not None:
                 evidence.extras["head_weights"] = head
             if needs == "input_gradient":
@@ -173,12 +176,14 @@ class Explainer:
         return gradients_of
 
     # --- helpers ------------------------------------------------------------------------------------------------
+    def _head_weights(self, layer: str) -> np.ndarray | None:
+        """The GAP + linear head's weights after `layer` (for CAM), read once per layer."""
+        if layer not in self._heads:
+            self._heads[layer] = linear_head_weights(self.model, layer, self.score)
+        return self._heads[layer]
+
     def _check(self, x: Any) -> np.ndarray:
-        shapes = _static_shapes(self.model.graph)
-        value = next(i for i in self.model.graph.input if i.name == self.input_name)
-        onnx_type = {1: "tensor(float)", 11: "tensor(double)", 10: "tensor(float16)", 2: "tensor(uint8)"}.get(
-            value.type.tensor_type.elem_type, "tensor(float)")
-        array = check_input(x, self.input_name, shapes.get(self.input_name), onnx_type)
+        array = check_input(x, self.input_name, self.input_shape, self._input_type)
         if array.ndim != 4:
             raise InputError(f"x has shape {array.shape}; expected a batch of images (N, C, H, W) or (N, H, W, C)")
         return array
