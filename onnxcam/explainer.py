@@ -10,7 +10,7 @@ import numpy as np
 from onnxcam.errors import InputError, LayerError
 from onnxcam.gradients import GradientRunner, Targets, check_input, target_ids
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
-from onnxcam.graph.head import extract_head
+from onnxcam.graph.head import SCALE, extract_head
 from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.rewrite import check_tensors, expose, image_input
 from onnxcam.methods import Evidence, get_method
@@ -150,21 +150,26 @@ class Explainer:
             len(batch), -1)
 
     def _head_scores_fn(self, layer: str, x: np.ndarray) -> Any:
-        def head_scores(features: np.ndarray, image: int) -> np.ndarray:
-            session, extra = self._head_session(layer)
+        def head_scores(features: np.ndarray, image: int, scale: np.ndarray | None = None) -> np.ndarray:
+            """Scores of the head for a batch of features (B, K, h, w); with `scale` (B, K, 1, 1), of one image's
+            features (1, K, h, w) times each scale row, built inside the runtime."""
+            session, extra = self._head_session(layer, scale is not None)
             feeds = {layer: np.ascontiguousarray(self._from_nchw(layer, features), np.float32)}
+            batch = len(features) if scale is None else len(scale)
+            if scale is not None:
+                feeds[SCALE] = np.ascontiguousarray(self._from_nchw(layer, scale), np.float32)
             if extra:
                 values = self._forward_session(tuple(extra)).run(extra, {self.input_name: x[image:image + 1]})
                 for name, value in zip(extra, values):
-                    feeds[name] = np.repeat(value, len(features), axis=0) if value.shape[:1] == (1,) else value
-            return session.run([self.score], feeds)[0].reshape(len(features), -1)
+                    feeds[name] = np.repeat(value, batch, axis=0) if value.shape[:1] == (1,) else value
+            return session.run([self.score], feeds)[0].reshape(batch, -1)
         return head_scores
 
-    def _head_session(self, layer: str) -> tuple[Session, list[str]]:
-        key = ("head", layer)
+    def _head_session(self, layer: str, scaled: bool = False) -> tuple[Session, list[str]]:
+        key = ("head", layer, scaled)
         if key not in self._sessions:
-            head = extract_head(self.model, layer, self.score)
-            path = cached_model(model_key(self.model, "head", layer, self.score), lambda: head.model)
+            head = extract_head(self.model, layer, self.score, scale=scaled)
+            path = cached_model(model_key(self.model, "head", layer, self.score, scaled), lambda: head.model)
             self._sessions[key] = (make_session(path, self.providers), head.extra_inputs)
         return self._sessions[key]
 

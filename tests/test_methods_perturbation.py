@@ -327,8 +327,9 @@ def test_layer_perturbations_run_only_the_head(resnet: Explainer, method: str, m
     maps = resnet.explain(x, method, layer=layer)
     assert maps.shape == (1, 64, 64) and maps.max() > 0
     assert forward_calls == [(layer,)]  # the evidence's one forward pass; perturbations go through the head
-    session, extra = resnet._head_session(layer)
-    assert [i.name for i in session.get_inputs()] == [layer] and extra == []
+    session, extra = resnet._head_session(layer, scaled=method == "ablationcam")
+    expected_inputs = [layer, "onnxcam_scale"] if method == "ablationcam" else [layer]
+    assert [i.name for i in session.get_inputs()] == expected_inputs and extra == []
     head = extract_head(resnet.model, layer, resnet.score).model
     before = ancestors(list(resnet.model.graph.node), layer)
     assert head.graph.node and not any(out in before for node in head.graph.node for out in node.output)

@@ -157,3 +157,17 @@ def test_no_dead_nodes_are_emitted():
         assert not dead, f"{path.name}: dead nodes {dead[:5]}"
         emitted_weights = {t.name for t in graph.initializer if t.name.startswith("onnxcam/")}
         assert emitted_weights <= consumed
+
+
+def test_scaled_head_equals_scaled_copies():
+    """extract_head(scale=True): one image's features times a batch of channel masks, built in the runtime."""
+    model = load_model(nhwc_cnn())
+    plain = ort.InferenceSession(extract_head(model, "act", "logits").model.SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+    scaled_head = extract_head(model, "act", "logits", scale=True)
+    scaled = ort.InferenceSession(scaled_head.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    features = rng.random((1, 6, 16, 16)).astype(np.float32)
+    masks = (rng.random((5, 6, 1, 1)) > 0.5).astype(np.float32)
+    expected = plain.run(None, {"act": features * masks})[0]
+    got = scaled.run(None, {"act": features, scaled_head.scale: masks})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)

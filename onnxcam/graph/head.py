@@ -16,15 +16,20 @@ from onnxcam.graph.autodiff import ancestors
 from onnxcam.graph.builder import _elem_types, _static_shapes
 from onnxcam.graph.rewrite import check_tensors
 
+SCALE = "onnxcam_scale"
+
 
 @dataclass
 class Head:
     model: onnx.ModelProto
     tensor: str             # the cut tensor, first input of `model`
     extra_inputs: list[str]  # other tensors of the full model that the head reads
+    scale: str | None = None  # with scale=True: an input broadcast-multiplied with the cut tensor
 
 
-def extract_head(model: onnx.ModelProto, tensor: str, output: str) -> Head:
+def extract_head(model: onnx.ModelProto, tensor: str, output: str, scale: bool = False) -> Head:
+    """The head after `tensor`. scale=True adds an input multiplied (with broadcasting) into the cut tensor, so
+    one image's features and a batch of channel masks (B, K, 1, 1) make B perturbed copies inside the runtime."""
     check_tensors(model, [tensor, output])
     graph = model.graph
     needed = ancestors(list(graph.node), output)
@@ -46,9 +51,25 @@ def extract_head(model: onnx.ModelProto, tensor: str, output: str) -> Head:
         return helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT),
                                              list(shape) if shape is not None else None)
 
+    inputs = [value(tensor)] + [value(n) for n in extra]
+    if scale:
+        scaled = f"{tensor}/onnxcam_scaled"
+        nodes = [_reading(node, tensor, scaled) for node in nodes]
+        nodes.insert(0, helper.make_node("Mul", [tensor, SCALE], [scaled], name="onnxcam/scale"))
+        rank = len(shapes.get(tensor) or ())
+        inputs.append(helper.make_tensor_value_info(SCALE, types.get(tensor, onnx.TensorProto.FLOAT),
+                                                    [f"scale_{i}" for i in range(rank)] if rank else None))
     head_graph = helper.make_graph(
-        nodes, f"{graph.name}_head", [value(tensor)] + [value(n) for n in extra], [value(output)],
-        [t for t in graph.initializer if t.name in used])
+        nodes, f"{graph.name}_head", inputs, [value(output)], [t for t in graph.initializer if t.name in used])
     head = helper.make_model(head_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     head.functions.extend(model.functions)
-    return Head(head, tensor, extra)
+    return Head(head, tensor, extra, SCALE if scale else None)
+
+
+def _reading(node: onnx.NodeProto, old: str, new: str) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for i, name in enumerate(copy.input):
+        if name == old:
+            copy.input[i] = new
+    return copy

@@ -32,7 +32,9 @@ class Evidence:
     layer: str
     # Callables into the model, provided by the explainer:
     scores_of: Callable[[np.ndarray], np.ndarray] | None = None        # inputs (B, ...) -> scores (B, classes)
-    head_scores: Callable[[np.ndarray, int], np.ndarray] | None = None  # features (B,K,h,w) of image i -> scores
+    # head_scores(features (B,K,h,w), image i) -> scores; head_scores(features (1,K,h,w), i, scale (B,K,1,1))
+    # scores B copies of the features times each scale row (made inside the runtime: no B-fold copy in NumPy)
+    head_scores: Callable[..., np.ndarray] | None = None
     gradients_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None  # inputs -> (A, G)
     input_size: tuple[int, int] = (0, 0)    # (H, W) of the model input
     input_layout: str = "NCHW"

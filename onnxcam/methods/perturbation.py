@@ -118,9 +118,9 @@ def ablationcam(ev: Evidence, batch_size: int = 32, channels: int | None = None)
         ablated = np.empty(len(chosen))
         for start in range(0, len(chosen), batch_size):
             ks = chosen[start:start + batch_size]
-            features = np.repeat(acts[i][None], len(ks), axis=0)
-            features[np.arange(len(ks)), ks] = 0
-            ablated[start:start + len(ks)] = ev.head_scores(features, i)[:, target]
+            keep = np.ones((len(ks), acts.shape[1], 1, 1), np.float32)
+            keep[np.arange(len(ks)), ks] = 0
+            ablated[start:start + len(ks)] = ev.head_scores(acts[i][None], i, keep)[:, target]
         weights[i, chosen] = (original - ablated) / (original if original != 0 else 1.0)
     return weights
 
