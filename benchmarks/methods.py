@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions of the cheap methods")
     parser.add_argument("--methods", default=",".join(sorted(METHODS)))
+    parser.add_argument("--no-torch", action="store_true", help="skip the pytorch-grad-cam timings")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     rng = np.random.default_rng(0)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         plain = make_session(path, ["CPUExecutionProvider"])
         forward = median_time(partial(plain.run, ["logits"], {"input": x}), max(args.repeat, 5)) / len(x)
         explainer = Explainer(path, device="cpu")
-        reference = torch_timer(depth, x, targets)
+        reference = None if args.no_torch else torch_timer(depth, x, targets)
         print(f"\n### ResNet-{depth} (layer `{explainer.default_layer}`), plain forward {forward * 1e3:.1f} ms/image\n")
         print("| method | ms / image | ratio to forward | target | pytorch-grad-cam ms / image | speed-up |")
         print("|---|---:|---:|---|---:|---:|")
