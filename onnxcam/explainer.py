@@ -10,7 +10,7 @@ import numpy as np
 from onnxcam.errors import InputError, LayerError
 from onnxcam.gradients import GradientRunner, Targets, check_input, target_ids
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
-from onnxcam.graph.head import SCALE, extract_head
+from onnxcam.graph.head import SCALE, extract_head, pooled_channels
 from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.rewrite import check_tensors, expose, image_input
 from onnxcam.methods import Evidence, get_method
@@ -47,6 +47,7 @@ class Explainer:
         self._sessions: dict[Any, Any] = {}
         self._gradient_runners: dict[tuple[tuple[str, ...], bool], GradientRunner] = {}
         self._heads: dict[str, np.ndarray | None] = {}
+        self._pooled_cuts: dict[str, str | None] = {}
         value = next(i for i in self.model.graph.input if i.name == self.input_name)
         self._input_type = {1: "tensor(float)", 11: "tensor(double)", 10: "tensor(float16)", 2: "tensor(uint8)"}.get(
             value.type.tensor_type.elem_type, "tensor(float)")
@@ -94,12 +95,13 @@ class Explainer:
             scores, chosen = result.scores.reshape(len(x), -1), result.targets
             acts, grads = result.activations, result.gradients
         else:
-            session = self._forward_session(tuple(layers))
-            values = session.run([self.score] + layers, {self.input_name: x})
+            pooled = [p for p in (self._pooled(name) for name in layers) if p]
+            wanted = list(dict.fromkeys(layers + pooled))
+            values = self._forward_session(tuple(wanted)).run([self.score] + wanted, {self.input_name: x})
             scores = values[0].reshape(len(x), -1)
             ids = target_ids(targets, len(x), scores.shape[1])
             chosen = scores.argmax(axis=1) if ids is None else ids
-            acts = dict(zip(layers, values[1:]))
+            acts = dict(zip(wanted, values[1:]))
             grads = {}
         out = []
         for name in layers:
@@ -109,6 +111,9 @@ class Explainer:
             evidence.scores_of = self._scores_of
             evidence.head_scores = self._head_scores_fn(name, x)
             evidence.gradients_of = self._gradients_of_fn(name, chosen)
+            cut = self._pooled(name) if name in acts and not grads else None
+            if cut is not None:
+                evidence.extras["channel_ablation"] = self._channel_ablation_fn(cut, acts[cut], x)
             head = self._head_weights(name)
             if head is not None:
                 evidence.extras["head_weights"] = head
@@ -164,6 +169,21 @@ class Explainer:
                     feeds[name] = np.repeat(value, batch, axis=0) if value.shape[:1] == (1,) else value
             return session.run([self.score], feeds)[0].reshape(batch, -1)
         return head_scores
+
+    def _channel_ablation_fn(self, cut: str, pooled: np.ndarray, x: np.ndarray) -> Any:
+        head_scores = self._head_scores_fn(cut, x)
+
+        def channel_ablation(image: int, keep: np.ndarray) -> np.ndarray:
+            """Scores with the layer's channels scaled by each row of keep (B, K), applied after global pooling
+            (exact for zeroed channels: the ops before the cut keep channels apart and zeros at zero)."""
+            scale = keep.reshape((len(keep),) + pooled.shape[1:]).astype(np.float32)
+            return head_scores(pooled[image:image + 1], image, scale)
+        return channel_ablation
+
+    def _pooled(self, layer: str) -> str | None:
+        if layer not in self._pooled_cuts:
+            self._pooled_cuts[layer] = pooled_channels(self.model, layer, self._layouts.get(layer) or "NCHW")
+        return self._pooled_cuts[layer]
 
     def _head_session(self, layer: str, scaled: bool = False) -> tuple[Session, list[str]]:
         key = ("head", layer, scaled)

@@ -373,3 +373,30 @@ def _bilinear_align_corners(m, size):
     frac = src - low
     rows = m[low] * (1 - frac)[:, None] + m[low + 1] * frac[:, None]
     return rows[:, low] * (1 - frac)[None] + rows[:, low + 1] * frac[None]
+
+
+def test_ablation_after_global_pooling_equals_ablating_the_layer(resnet: Explainer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the last stage the head starts with global average pooling: zeroing a channel there is exact."""
+    layer = resnet.default_layer
+    assert resnet._pooled(layer) is not None  # the fast path is taken on this model
+    x = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    ev = resnet._evidence(x, [1, 2], [layer], "activations")[0]
+    assert "channel_ablation" in ev.extras
+    fast = get_method("ablationcam").fn(ev)
+    del ev.extras["channel_ablation"]
+    slow = get_method("ablationcam").fn(ev)
+    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6)
+
+
+def test_pooled_cut_needs_a_channelwise_path() -> None:
+    from toy_models import nhwc_cnn, tiny_cnn
+
+    from onnxcam.graph.head import pooled_channels
+    from onnxcam.graph.load import load_model
+
+    assert pooled_channels(load_model(nhwc_cnn()), "act", "NCHW") == "flat"  # Relu -> GAP -> Flatten
+    assert pooled_channels(load_model(nhwc_cnn()), "conv", "NCHW") == "flat"  # through the Relu
+    assert pooled_channels(load_model(tiny_cnn()), "feat", "NCHW") == "pooled"  # ReduceMean over H, W
+    assert pooled_channels(load_model(tiny_cnn()), "scaled", "NCHW") == "pooled"
+    assert pooled_channels(load_model(nhwc_cnn()), "nchw", "NCHW") is None  # a Conv follows: no cut

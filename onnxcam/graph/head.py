@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxcam.graph.autodiff import ancestors
 from onnxcam.graph.builder import _elem_types, _static_shapes
@@ -73,3 +73,54 @@ def _reading(node: onnx.NodeProto, old: str, new: str) -> onnx.NodeProto:
         if name == old:
             copy.input[i] = new
     return copy
+
+
+# Ops after which channel k of the input still is (only) channel k of the output, and an all-zero channel stays
+# zero: a perturbation that zeroes channels can be applied after them, on far less data.
+_CHANNELWISE = {"Relu", "Identity", "Dropout", "GlobalAveragePool", "GlobalMaxPool"}
+_SPATIAL_REDUCTIONS = {"ReduceMean", "ReduceMax", "ReduceSum"}
+_RELABELS = {"Flatten", "Squeeze", "Reshape"}
+
+
+def pooled_channels(model: onnx.ModelProto, tensor: str, layout: str) -> str | None:
+    """The tensor after global pooling of `tensor`'s channels, when the path there is a plain chain of channel-wise,
+    zero-preserving ops (ReLU, global pooling, reductions over the spatial axes, reshapes of pooled data); None
+    when there is no such pooled tensor (then perturb `tensor` itself)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    spatial = [2, 3] if layout == "NCHW" else [1, 2]
+    current, pooled = tensor, None
+    while current not in outputs and len(consumers.get(current, [])) == 1:
+        node = consumers[current][0]
+        if node.input[0] != current:
+            break
+        if node.op_type in _SPATIAL_REDUCTIONS:
+            axes = _reduce_axes(model, node)
+            if axes is None or sorted(a % 4 for a in axes) != spatial:
+                break
+            pooled = node.output[0]
+        elif node.op_type in ("GlobalAveragePool", "GlobalMaxPool") and layout == "NCHW":
+            pooled = node.output[0]
+        elif node.op_type in _RELABELS:
+            if pooled is None:
+                break
+            pooled = node.output[0]  # pooled data has one value per channel: reshapes only relabel it
+        elif node.op_type not in _CHANNELWISE:
+            break
+        elif pooled is not None:
+            pooled = node.output[0]
+        current = node.output[0]
+    return pooled
+
+
+def _reduce_axes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
+    for attr in node.attribute:
+        if attr.name == "axes":
+            return list(attr.ints)
+    weights = {t.name: t for t in model.graph.initializer}
+    if len(node.input) > 1 and node.input[1] in weights:
+        return [int(a) for a in numpy_helper.to_array(weights[node.input[1]]).reshape(-1)]
+    return None

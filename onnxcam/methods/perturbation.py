@@ -116,11 +116,13 @@ def ablationcam(ev: Evidence, batch_size: int = 32, channels: int | None = None)
         original = float(ev.scores[i, target])
         chosen = _top_channels(acts[i], channels)
         ablated = np.empty(len(chosen))
+        ablate = ev.extras.get("channel_ablation")  # zeroing after global pooling: K values, not K x h x w
         for start in range(0, len(chosen), batch_size):
             ks = chosen[start:start + batch_size]
             keep = np.ones((len(ks), acts.shape[1], 1, 1), np.float32)
             keep[np.arange(len(ks)), ks] = 0
-            ablated[start:start + len(ks)] = ev.head_scores(acts[i][None], i, keep)[:, target]
+            scores = ablate(i, keep[:, :, 0, 0]) if ablate else ev.head_scores(acts[i][None], i, keep)
+            ablated[start:start + len(ks)] = scores[:, target]
         weights[i, chosen] = (original - ablated) / (original if original != 0 else 1.0)
     return weights
 
