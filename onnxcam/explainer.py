@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,7 +61,8 @@ class Explainer:
         """Maps (N, H, W) float32 in [0, 1] at the input's spatial size; x preprocessed, in the model's layout."""
         spec = get_method(method)
         layers = self.layer if layer is None else [layer] if isinstance(layer, str) else list(layer)
-        check_tensors(self.model, layers)
+        if layer is not None:
+            check_tensors(self.model, layers)
         x = self._check(x)
         if aug_smooth:
             return self._augmented(x, method, targets, layers, eigen_smooth, options)
@@ -229,11 +232,14 @@ class Explainer:
         return normalise(np.mean(maps, axis=0))
 
 
+@functools.cache
+def _parameters(fn: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters) - {"ev"}
+
+
 def _options_for(fn: Any, options: dict[str, Any]) -> dict[str, Any]:
     """The subset of `options` that the method's function accepts; unknown options are an error."""
-    import inspect
-
-    accepted = set(inspect.signature(fn).parameters) - {"ev"}
+    accepted = _parameters(fn)
     unknown = set(options) - accepted - {"eigen_sign"}  # eigen_sign also steers eigen_smooth, for every method
     if unknown:
         raise InputError(f"unknown option(s) {', '.join(sorted(unknown))} for this method; it accepts: "
