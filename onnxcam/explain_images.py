@@ -321,18 +321,19 @@ class _Context:
                  ) -> dict[int, list[dict[str, Any]]]:
         t0 = time.perf_counter()
         x = np.concatenate([item[2] for item in items])
-        scores = self.ex.scores(x)
-        predicted = scores.argmax(axis=1)
-        if self.top_k is not None:
-            chosen = np.argsort(-scores, axis=1, kind="stable")[:, :self.top_k]
-        elif self.target is not None:
-            chosen = np.full((len(items), 1), self.target)
-        else:
-            chosen = predicted[:, None]
         maps: dict[tuple[str, int], np.ndarray] = {}
+        if self.top_k is not None:  # the classes come from the scores: one forward first
+            scores = self.ex.scores(x)
+            chosen = np.argsort(-scores, axis=1, kind="stable")[:, :self.top_k]
+        else:  # the first method's run also gives the scores
+            targets = None if self.target is None else np.full(len(items), self.target, np.int64)
+            maps[(self.methods[0], 0)], scores, explained = self.ex.explain_scored(x, self.methods[0], targets)
+            chosen = explained[:, None]
+        predicted = scores.argmax(axis=1)
         for method in self.methods:
             for k in range(chosen.shape[1]):
-                maps[(method, k)] = self.ex.explain(x, method=method, targets=chosen[:, k].astype(np.int64))
+                if (method, k) not in maps:
+                    maps[(method, k)] = self.ex.explain(x, method=method, targets=chosen[:, k].astype(np.int64))
         per_image = (time.perf_counter() - t0) / len(items)
         out: dict[int, list[dict[str, Any]]] = {}
         for row, (i, rgb, _) in enumerate(items):

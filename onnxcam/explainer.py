@@ -59,6 +59,13 @@ class Explainer:
                 layer: str | Sequence[str] | None = None, aug_smooth: bool = False, eigen_smooth: bool = False,
                 **options: Any) -> np.ndarray:
         """Maps (N, H, W) float32 in [0, 1] at the input's spatial size; x preprocessed, in the model's layout."""
+        return self.explain_scored(x, method, targets, layer, aug_smooth, eigen_smooth, **options)[0]
+
+    def explain_scored(self, x: np.ndarray, method: str = "gradcam", targets: Targets = None,
+                       layer: str | Sequence[str] | None = None, aug_smooth: bool = False,
+                       eigen_smooth: bool = False, **options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As `explain`, plus the scores (N, classes) of x and the class explained per image, from the same run
+        (callers that report scores need no second forward pass)."""
         spec = get_method(method)
         layers = self.layer if layer is None else [layer] if isinstance(layer, str) else list(layer)
         if layer is not None:
@@ -68,13 +75,13 @@ class Explainer:
             return self._augmented(x, method, targets, layers, eigen_smooth, options)
         size = self.input_size(x)
         per_layer = []
-        for evidence in self._evidence(x, targets, layers, spec.needs):
+        evidences = self._evidence(x, targets, layers, spec.needs)
+        for evidence in evidences:
             result = spec.fn(evidence, **_options_for(spec.fn, options))
             raw = combine(result, evidence.activations, eigen_smooth, options.get("eigen_sign", "activation"))
             per_layer.append(normalise(raw, size))
-        if len(per_layer) == 1:
-            return per_layer[0]
-        return normalise(np.mean(per_layer, axis=0), size)
+        maps = per_layer[0] if len(per_layer) == 1 else normalise(np.mean(per_layer, axis=0), size)
+        return maps, evidences[0].scores, evidences[0].targets
 
     def input_size(self, x: np.ndarray) -> tuple[int, int]:
         return (x.shape[2], x.shape[3]) if self.input_layout == "NCHW" else (x.shape[1], x.shape[2])
@@ -217,19 +224,20 @@ class Explainer:
         return array
 
     def _augmented(self, x: np.ndarray, method: str, targets: Targets, layers: list[str], eigen_smooth: bool,
-                   options: dict[str, Any]) -> np.ndarray:
+                   options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Test-time augmentation as in pytorch-grad-cam: horizontal flip x intensity factors 0.9, 1, 1.1."""
-        if targets is None:
-            targets = self.scores(x).argmax(axis=1)
+        scores = self.scores(x)
+        ids = target_ids(targets, len(x), scores.shape[1])
+        chosen = scores.argmax(axis=1) if ids is None else ids
         width_axis = 3 if self.input_layout == "NCHW" else 2
         maps = []
         for flip in (False, True):
             for factor in (0.9, 1.0, 1.1):
                 xt = np.flip(x, axis=width_axis) if flip else x
-                m = self.explain(np.ascontiguousarray(xt * factor, x.dtype), method, targets, layers,
+                m = self.explain(np.ascontiguousarray(xt * factor, x.dtype), method, chosen, layers,
                                  eigen_smooth=eigen_smooth, **options)
                 maps.append(np.flip(m, axis=2) if flip else m)
-        return normalise(np.mean(maps, axis=0))
+        return normalise(np.mean(maps, axis=0)), scores, chosen
 
 
 @functools.cache

@@ -90,3 +90,14 @@ def test_unknown_layer():
 def test_every_registered_method_is_documented():
     for spec in METHODS.values():
         assert spec.paper and spec.cost and spec.family
+
+
+@pytest.mark.parametrize("method,aug", [("gradcam", False), ("eigencam", False), ("gradcam", True)])
+def test_explain_scored_returns_the_runs_scores(nhwc, method, aug):
+    x = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
+    maps, scores, explained = nhwc.explain_scored(x, method, aug_smooth=aug)
+    np.testing.assert_allclose(scores, nhwc.scores(x), rtol=1e-5)
+    np.testing.assert_array_equal(explained, scores.argmax(axis=1))
+    np.testing.assert_array_equal(maps, nhwc.explain(x, method, aug_smooth=aug))
+    _, _, fixed = nhwc.explain_scored(x, method, targets=[3, 0], aug_smooth=aug)
+    np.testing.assert_array_equal(fixed, [3, 0])
