@@ -153,6 +153,7 @@ def explain_images(model: ModelSource, inputs: Sequence[str | os.PathLike], out:
         get_method(m)
     ex = explainer or Explainer(model, layer=layer, device=device)
     spec = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout, preset, mean, std, size, bgr, scale)
+    ex.preprocessing = spec
     classes = _classes(ex)
     label_list = _labels(labels, ex, classes)
     target_id = resolve_target(str(target), label_list, classes) if target is not None else None

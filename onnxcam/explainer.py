@@ -15,6 +15,7 @@ from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.head import SCALE, extract_head, pooled_channels
 from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.rewrite import check_tensors, expose, image_input
+from onnxcam.images import Preprocessing, blank_input, resolve_preprocessing
 from onnxcam.methods import Evidence, get_method
 from onnxcam.methods.fullgrad import layer_biases
 from onnxcam.methods.heads import linear_head_weights
@@ -47,6 +48,7 @@ class Explainer:
         self.input_layout = info.layout or "NCHW"
         self._layouts = {t.name: t.layout for t in self.tensors}
         self._sessions: dict[Any, Any] = {}
+        self._preprocessing: Preprocessing | None = None
         self._gradient_runners: dict[tuple[tuple[str, ...], bool], GradientRunner] = {}
         self._heads: dict[str, np.ndarray | None] = {}
         self._pooled_cuts: dict[str, str | None] = {}
@@ -83,6 +85,22 @@ class Explainer:
         maps = per_layer[0] if len(per_layer) == 1 else normalise(np.mean(per_layer, axis=0), size)
         return maps, evidences[0].scores, evidences[0].targets
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become this model's input: set by the caller (the CLI does), else read from the model's
+        metadata with the imagenet preset as fallback. Masking methods and metrics fade images to its black."""
+        if self._preprocessing is None:
+            self._preprocessing = resolve_preprocessing(self.model, self.input_name, self.input_layout)
+        return self._preprocessing
+
+    @preprocessing.setter
+    def preprocessing(self, spec: Preprocessing) -> None:
+        self._preprocessing = spec
+
+    def baseline(self) -> np.ndarray:
+        """The model input of a black image, broadcastable to a batch (see `preprocessing`)."""
+        return blank_input(self.preprocessing)
+
     def input_size(self, x: np.ndarray) -> tuple[int, int]:
         return (x.shape[2], x.shape[3]) if self.input_layout == "NCHW" else (x.shape[1], x.shape[2])
 
@@ -117,7 +135,7 @@ class Explainer:
         for name in layers:
             evidence = Evidence(self._nchw(name, acts[name]), self._nchw(name, grads[name]) if grads else None,
                                 chosen, scores, x, name, input_size=self.input_size(x),
-                                input_layout=self.input_layout)
+                                input_layout=self.input_layout, baseline=self.baseline())
             evidence.scores_of = self._scores_of
             evidence.head_scores = self._head_scores_fn(name, x)
             evidence.gradients_of = self._gradients_of_fn(name, chosen)

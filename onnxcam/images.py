@@ -272,6 +272,15 @@ def preprocess(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(x[None])
 
 
+def blank_input(spec: Preprocessing, pixel: float = 0.0) -> np.ndarray:
+    """The model input of an image whose pixels all equal `pixel` (0 = black), shaped (1, C, 1, 1) or (1, 1, 1, C):
+    what masking methods and metrics fade an image to, so that x * S in pixel space is
+    blank + S * (x - blank) in the model's input space (preprocessing is affine per channel)."""
+    value = (np.full(spec.channels, pixel * spec.scale, np.float64) - np.asarray(spec.mean)) / np.asarray(spec.std)
+    value = value.astype(np.uint8 if spec.dtype == "uint8" else spec.dtype)
+    return value.reshape((1, -1, 1, 1) if spec.layout == "NCHW" else (1, 1, 1, -1))
+
+
 # --- labels -----------------------------------------------------------------------------------------------------
 def read_labels(path: str | os.PathLike) -> list[str]:
     """Class names in output order from a text file (one per line), a JSON list, or a JSON dict index -> name."""

@@ -38,6 +38,8 @@ class Evidence:
     gradients_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None  # inputs -> (A, G)
     input_size: tuple[int, int] = (0, 0)    # (H, W) of the model input
     input_layout: str = "NCHW"
+    # the model input of a black image, broadcastable to x: masking in pixel space is baseline + S * (x - baseline)
+    baseline: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # method-specific evidence (e.g. head weights for CAM)
 
 
