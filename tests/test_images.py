@@ -17,6 +17,7 @@ from onnxcam.images import (
     PRESETS,
     ImageError,
     Preprocessing,
+    blank_input,
     header_size,
     model_labels,
     preprocess,
@@ -96,6 +97,29 @@ def test_presets_formula(preset):
     np.testing.assert_allclose(x[0].transpose(1, 2, 0), want, rtol=1e-5, atol=1e-4)
     if preset == "inception":
         assert x.min() >= -1 and x.max() <= 1
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_blank_input_is_a_preprocessed_black_image_and_masks_in_pixel_space(preset, layout):
+    p = PRESETS[preset]
+    spec = Preprocessing((6, 5), layout, 3, p["bgr"], p["scale"], p["mean"], p["std"])
+    blank = blank_input(spec)
+    np.testing.assert_allclose(np.broadcast_to(blank, (1, 6, 5, 3) if layout == "NHWC" else (1, 3, 6, 5)),
+                               preprocess(np.zeros((6, 5, 3), np.uint8), spec), rtol=1e-6, atol=1e-5)
+    rgb = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    mask = RNG.uniform(0, 1, (6, 5, 1))
+    x = preprocess(rgb, spec)
+    faded = blank + np.moveaxis(mask, -1, 0)[None] * (x - blank) if layout == "NCHW" else blank + mask[None] * (
+        x - blank)
+    np.testing.assert_allclose(faded, _preprocess_float(rgb * mask, spec), rtol=1e-5, atol=1e-4)
+
+
+def _preprocess_float(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """The preprocessing formula on float pixels (no uint8 rounding), as the model sees a masked image."""
+    ordered = pixels[..., ::-1] if spec.bgr else pixels
+    x = (ordered * spec.scale - np.asarray(spec.mean)) / np.asarray(spec.std)
+    return x.transpose(2, 0, 1)[None] if spec.layout == "NCHW" else x[None]
 
 
 def test_layouts_and_dtypes():
