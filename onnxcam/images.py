@@ -27,6 +27,9 @@ from onnxcam.graph.catalogue import guess_layout
 
 # Images above this many pixels are refused (checked from the file header before decoding where the format allows).
 MAX_PIXELS = 40_000_000
+# OpenCV checks a limit too while decoding (it reads the variable at its first decode): ours, for formats whose
+# header we do not parse.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 DEFAULT_SIZE = 224
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
 
@@ -66,7 +69,7 @@ _DTYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.F
 
 # --- decoding ---------------------------------------------------------------------------------------------------
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from a PNG, JPEG, GIF, BMP or WebP header, or None when unknown."""
+    """(width, height) read from a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM header, or None when unknown."""
     try:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
             return struct.unpack(">II", data[16:24])
@@ -86,8 +89,36 @@ def header_size(data: bytes) -> tuple[int, int] | None:
                 return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
         if data[:2] == b"\xff\xd8":
             return _jpeg_size(data)
-    except struct.error:
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+        if data[:1] == b"P" and data[1:2] in b"123456":
+            return _pnm_size(data)
+    except (struct.error, ValueError):
         return None
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """Width and length tags of the first image directory (a bomb is one huge page, so the first is enough)."""
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[offset:offset + 2])
+    found: dict[int, int] = {}
+    for i in range(count):
+        entry = data[offset + 2 + 12 * i: offset + 14 + 12 * i]
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT or LONG
+            short = kind == 3
+            found[tag] = struct.unpack(order + ("H" if short else "I"), entry[8:10] if short else entry[8:12])[0]
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    fields: list[int] = []
+    for line in data[2:256].split(b"\n"):
+        fields += [int(v) for v in line.split(b"#")[0].split()]
+        if len(fields) >= 2:
+            return fields[0], fields[1]
     return None
 
 

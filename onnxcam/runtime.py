@@ -133,7 +133,9 @@ def _last_line(exc: Exception) -> str:
 
 def make_session(model: onnx.ModelProto | Path, providers: Sequence[str]) -> Session:
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # warnings about unused initializers and the like are noise for users
+    # Warnings (unused initializers...) are noise, and errors come back to us as exceptions that Session and
+    # make_session turn into one line each: onnxruntime's own coloured log line would say the same thing twice.
+    options.log_severity_level = 4
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning pool threads would steal the CPU from the NumPy work between runs (masks, projections); measured
     # forward time is the same without it.

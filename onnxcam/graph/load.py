@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from onnx import ModelProto, helper, numpy_helper, shape_inference, version_converter
 
 from onnxcam.errors import ModelError
@@ -30,6 +31,8 @@ ModelSource = str | os.PathLike | bytes | ModelProto
 def load_model(source: ModelSource) -> ModelProto:
     """Return a normalised copy of the model in `source` (a path, serialized bytes or a ModelProto)."""
     model = _read(source)
+    _check_opset(model, model_name(source))
+    _check_initializers(model, model_name(source))
     _check_domains(model)
     _drop_initializer_inputs(model)
     _sort_nodes(model)
@@ -73,7 +76,27 @@ def _parse(data: bytes, name: str) -> ModelProto:
                          "check the file is a complete .onnx export") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelError(f"{name} is not an ONNX model (no graph found); check the file is a complete .onnx export")
+    _check_names(model, name)
     return model
+
+
+def _check_names(message: Message, source: str) -> None:
+    """Protobuf hands back undecodable strings (names, dims, attributes) as bytes; onnxruntime would fail on them
+    later, and noisily. Only string and message fields are walked: weights are bytes or numbers."""
+    for field, value in message.ListFields():
+        if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+            continue
+        for item in value if _repeated(field) else [value]:
+            if isinstance(item, Message):
+                _check_names(item, source)
+            elif not isinstance(item, str):
+                raise ModelError(f"{source} holds a string ({field.name}) that is not valid UTF-8; the file looks corrupt, "
+                                 "re-export it")
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5.28; `label` before (and deprecated since)
+    return bool(flag) if flag is not None else field.label == FieldDescriptor.LABEL_REPEATED
 
 
 def _load_external_data(model: ModelProto, path: Path) -> None:
@@ -96,6 +119,39 @@ def _load_external_data(model: ModelProto, path: Path) -> None:
 def _tensors_with_external_data(model: ModelProto) -> list[onnx.TensorProto]:
     return [t for t in onnx.external_data_helper._get_all_tensors(model)
             if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _check_opset(model: ModelProto, name: str) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    if default_opset(model) > newest:
+        opset = default_opset(model)
+        raise ModelError(f"{name} uses ONNX opset {opset}, newer than this onnx {onnx.__version__} knows "
+                         f"(up to {newest}); upgrade onnx and onnxruntime, or re-export with an older opset")
+
+
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+
+
+def _check_initializers(model: ModelProto, name: str) -> None:
+    """Declared shapes must match the data held: a truncated or forged file must not make us allocate (or reshape
+    into) a tensor it never contained."""
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        declared = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
+        if tensor.HasField("raw_data"):
+            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            bits = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+            held = len(tensor.raw_data) * 2 if tensor.data_type in bits else len(tensor.raw_data) // max(1, itemsize)
+            if tensor.data_type in bits:
+                declared += declared % 2
+        else:
+            held = max(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
+            if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+                held //= 2
+        if held != declared:
+            raise ModelError(f"{name}: initializer '{tensor.name}' declares shape {tuple(tensor.dims)} "
+                             f"({declared} values) but holds {held}; the file looks truncated or corrupt, re-export it")
 
 
 def _check_domains(model: ModelProto) -> None:

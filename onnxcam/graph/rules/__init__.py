@@ -17,6 +17,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from onnxcam.errors import ModelError
 from onnxcam.graph.builder import Builder
 
 
@@ -49,7 +50,15 @@ class Node:
 
     def attr(self, name: str, default: Any = None) -> Any:
         value = self._attrs.get(name, default)
-        return value.decode() if isinstance(value, bytes) else value
+        value = value.decode(errors="replace") if isinstance(value, bytes) else value
+        if default is not None and not isinstance(value, _ATTR_KINDS.get(type(default), type(default))):
+            # a corrupt or hand-edited model; a rule would otherwise fail with a TypeError deep inside
+            raise ModelError(f"node '{self.name}' ({self.op_type}): attribute '{name}' is a {type(value).__name__}, "
+                             f"expected {type(default).__name__}; the model file looks corrupt, re-export it")
+        return value
+
+
+_ATTR_KINDS: dict[type, tuple[type, ...]] = {float: (float, int), list: (list, tuple), tuple: (list, tuple)}
 
 
 Grads = Sequence[str | None]
