@@ -1,0 +1,78 @@
+"""A run killed (SIGKILL) at random moments and resumed with --resume ends with exactly the outputs of an
+uninterrupted run: every map equal, every overlay readable, results.jsonl valid with each image once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from onnxcam.datasets.shapes import write_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "shapes_resnet.onnx"
+COMMAND = [sys.executable, "-m", "onnxcam", "explain", str(MODEL)]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("bench"), 48, seed=7) / "images"
+
+
+def _run(images: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*COMMAND, str(images), "--out", str(out), "--batch-size", "4", "--method",
+                             "gradcam,eigencam", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _maps(out: Path) -> dict[str, np.ndarray]:
+    return {str(p.relative_to(out)): np.load(p) for p in sorted(out.rglob("*.npy"))}
+
+
+@pytest.fixture(scope="module")
+def reference(images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    assert _run(images, out).wait(timeout=300) == 0
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_killed_at_random_points_then_resumed_equals_uninterrupted(images, reference, tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    out = tmp_path / "out"
+    kills = 0
+    for _ in range(12):
+        process = _run(images, out, "--resume")
+        deadline = time.monotonic() + rng.uniform(0.5, 4.0)
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+            continue
+        assert process.returncode == 0, process.stderr.read().decode() if process.stderr else ""
+        break
+    else:
+        pytest.fail("the run never completed after 12 attempts")
+    assert kills >= 1, "the schedule never interrupted the run: the test would prove nothing"
+    want, got = _maps(reference), _maps(out)
+    assert sorted(got) == sorted(want)
+    for name, cam in want.items():
+        np.testing.assert_allclose(got[name], cam, atol=1e-6, err_msg=name)
+        overlay = cv2.imread(str(out / name.replace(".npy", ".png")))
+        assert overlay is not None and overlay.shape[:2] == cam.shape
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    keys = [(r["name"], r["method"]) for r in records]
+    assert len(keys) == len(set(keys)) == 2 * len(list(images.glob("*.png")))
+    assert all(r["status"] in ("ok", "skipped") for r in records)
+    leftovers = [p.name for p in out.rglob("*") if p.is_file() and (".tmp" in p.name or p.name.endswith(".partial"))]
+    assert leftovers == [] or all(p.endswith(".partial") for p in leftovers), leftovers
