@@ -90,8 +90,8 @@ def _check_names(message: Message, source: str) -> None:
             if isinstance(item, Message):
                 _check_names(item, source)
             elif not isinstance(item, str):
-                raise ModelError(f"{source} holds a string ({field.name}) that is not valid UTF-8; the file looks corrupt, "
-                                 "re-export it")
+                raise ModelError(f"{source} holds a string ({field.name}) that is not valid UTF-8; the file looks "
+                                 "corrupt, re-export it")
 
 
 def _repeated(field: FieldDescriptor) -> bool:
