@@ -154,7 +154,11 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
                          f"{max_pixels:,}; downscale it first")
     if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < 0:  # OpenCV would decode a grey-filled image
         raise ImageError(f"{name} is a truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # OpenCV's own size limits (width or height above 2^20, pixel limit) end here
+        reason = (str(e).strip().splitlines() or ["decode failed"])[-1].split("error: ")[-1]
+        raise ImageError(f"{name} is corrupt or too large for OpenCV ({reason})") from None
     if image is None or image.size == 0:
         kind = "is truncated or corrupt" if size is not None else "is not a readable image"
         raise ImageError(f"{name} {kind} (OpenCV could not decode it)")

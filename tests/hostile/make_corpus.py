@@ -117,6 +117,13 @@ def tiff_bomb() -> bytes:
     return bytes(data)
 
 
+def tall_bmp() -> bytes:
+    """Few pixels (under our limit) but a height above OpenCV's 2^20 rows: OpenCV raises instead of returning."""
+    data = bytearray(encoded(".bmp"))
+    data[22:26] = struct.pack("<i", 2**20 + 20)
+    return bytes(data)
+
+
 MODELS: dict[str, tuple[bytes, str]] = {
     "empty.onnx": (b"", "not a valid ONNX model|not an ONNX model"),
     "random_bytes.onnx": (np.random.default_rng(1).bytes(4096), "not a valid ONNX model|not an ONNX model"),
@@ -142,6 +149,7 @@ IMAGES: dict[str, tuple[bytes, str]] = {
     "truncated.webp": (encoded(".webp")[:60], "truncated or corrupt"),
     "truncated.bmp": (encoded(".bmp")[:100], "truncated or corrupt"),
     "truncated.tif": (encoded(".tif")[:100], "truncated or corrupt|not a readable image"),
+    "bmp_too_tall.bmp": (tall_bmp(), "too large for OpenCV|above the limit"),
     "bomb.png": (png_header(100_000, 100_000), "above the limit"),
     "bomb.tif": (tiff_bomb(), "above the limit"),
     "bomb.ppm": (b"P6\n70000 70000\n255\n" + bytes(64), "above the limit"),
