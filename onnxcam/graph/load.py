@@ -139,8 +139,12 @@ def _check_initializers(model: ModelProto, name: str) -> None:
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type == onnx.TensorProto.STRING:
             continue
         declared = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
-        if tensor.HasField("raw_data"):
+        try:
             itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, ValueError):
+            raise ModelError(f"{name}: initializer '{tensor.name}' has unknown data type {tensor.data_type}; the file "
+                             "looks corrupt, re-export it") from None
+        if tensor.HasField("raw_data"):
             bits = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
             held = len(tensor.raw_data) * 2 if tensor.data_type in bits else len(tensor.raw_data) // max(1, itemsize)
             if tensor.data_type in bits:
