@@ -308,3 +308,27 @@ def _box(mask: np.ndarray) -> list[int]:
 
 def _pt(p: np.ndarray) -> tuple[int, int]:
     return int(round(float(p[0]))), int(round(float(p[1])))
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m onnxcam.datasets.shapes --out DIR --count N --seed S [--size 96] [--multi]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m onnxcam.datasets.shapes",
+                                     description="Write a synthetic shapes data set (images, masks, labels.csv, "
+                                                 "boxes.json, classes.txt); the same seed gives the same files.")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--count", type=int, default=200, help="number of images (default 200)")
+    parser.add_argument("--seed", type=int, default=2, help="random seed (models/shapes_resnet.onnx: train 1, test 2)")
+    parser.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    parser.add_argument("--multi", action="store_true", help="two objects of different classes per image")
+    args = parser.parse_args(argv)
+    if args.count < 1 or args.size < 16:
+        parser.error("--count must be at least 1 and --size at least 16")
+    root = write_dataset(args.out, args.count, args.seed, args.size, args.multi)
+    print(f"wrote {args.count} images to {root}")
+
+
+if __name__ == "__main__":
+    main()
