@@ -1,0 +1,471 @@
+"""What to explain: a class, a segmentation region, one detection or the similarity to a reference embedding.
+
+A target is a scalar function t(output) of one image's model output (the output without its batch axis). The
+gradient of t with respect to any layer is the model's backward pass seeded with dt/d(output) at the forward
+output, so each target gives both:
+
+- `target(output) -> float`: its value (for perturbation methods, which rescore modified inputs), and
+- `target.seed(output) -> array like output`: dt/d(output), fed to the rewritten graph's seed input.
+
+Targets whose meaning depends on the clean forward output (the predicted region of a class, the class of a
+chosen box) are fixed with `bind(output)` once, before any perturbation, so every rescoring asks the same question.
+The class names match pytorch-grad-cam's (`ClassifierOutputTarget`, `SemanticSegmentationTarget`) so code moves
+over with an import change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from onnxcam.errors import InputError
+
+TASKS = ("classify", "segment", "detect", "embed")
+# Methods that read a class head or class probabilities: meaningless for other targets.
+CLASS_ONLY_METHODS = frozenset({"cam", "broadcam", "opticam"})
+
+
+class Target:
+    """Base of the target objects: `__call__` gives the value, `seed` its gradient at the output."""
+
+    category: int | None = None
+    box: tuple[float, float, float, float] | None = None   # x0, y0, x1, y1 in input pixels, for overlays
+
+    def __call__(self, output: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def seed(self, output: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def bind(self, output: np.ndarray) -> Target:
+        """This target with everything that depends on the clean output fixed (default: itself)."""
+        return self
+
+    def values(self, outputs: np.ndarray) -> np.ndarray:
+        """Values (B,) for a batch of outputs (B, ...) of modified inputs."""
+        return np.array([self(o) for o in outputs], np.float64)
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+@dataclass
+class ClassifierOutputTarget(Target):
+    """The logit of `category` (classification)."""
+
+    category: int | None
+
+    def __call__(self, output: np.ndarray) -> float:
+        return float(np.asarray(output).reshape(-1)[self._index()])
+
+    def seed(self, output: np.ndarray) -> np.ndarray:
+        seed = np.zeros(np.size(output), np.float32)
+        seed[self._index()] = 1.0
+        return seed.reshape(np.shape(output))
+
+    def values(self, outputs: np.ndarray) -> np.ndarray:
+        return np.asarray(outputs, np.float64).reshape(len(outputs), -1)[:, self._index()]
+
+    def _index(self) -> int:
+        if self.category is None:
+            raise InputError("ClassifierOutputTarget needs a category")
+        return int(self.category)
+
+    def describe(self) -> str:
+        return f"class {self.category}"
+
+
+@dataclass
+class SemanticSegmentationTarget(Target):
+    """Sum of `category`'s logits over a boolean mask (segmentation output (classes, H, W), channels first).
+
+    mask: (H, W) at the output's spatial size or any other size (resized, nearest neighbour); None = the pixels
+    where `category` is the predicted class (fixed by `bind` from the clean output).
+    """
+
+    category: int | None
+    mask: np.ndarray | None = None
+
+    def bind(self, output: np.ndarray) -> SemanticSegmentationTarget:
+        output = _segmentation_output(output)
+        category = self.category if self.category is not None else _dominant_class(output)
+        if category < 0 or category >= output.shape[0]:
+            raise InputError(f"segmentation class {category} is out of range: the output has {output.shape[0]} "
+                             f"classes (0..{output.shape[0] - 1})")
+        mask = output.argmax(axis=0) == category if self.mask is None else resize_mask(self.mask, output.shape[1:])
+        return SemanticSegmentationTarget(category, mask)
+
+    def __call__(self, output: np.ndarray) -> float:
+        bound = self._bound(output)
+        return float((_segmentation_output(output)[bound.category] * bound.mask).sum())
+
+    def seed(self, output: np.ndarray) -> np.ndarray:
+        bound = self._bound(output)
+        seed = np.zeros(_segmentation_output(output).shape, np.float32)
+        seed[bound.category] = bound.mask
+        return seed.reshape(np.shape(output))
+
+    def _bound(self, output: np.ndarray) -> SemanticSegmentationTarget:
+        fixed = self.category is not None and self.mask is not None and self.mask.shape == np.shape(output)[-2:]
+        return self if fixed else self.bind(output)
+
+    def describe(self) -> str:
+        pixels = int(np.sum(self.mask)) if self.mask is not None else "predicted"
+        return f"class {self.category} over {pixels} pixels"
+
+
+# --- detection ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DetectionLayout:
+    """How one image's detector output is laid out.
+
+    post_nms False (raw predictions, one per anchor/cell): rows of 4 box values, then an objectness when
+    `objectness`, then one score per class; `attributes_first` when the output is (attributes, boxes) (YOLOv8
+    style) rather than (boxes, attributes) (YOLOv5 style). box: "cxcywh" or "xyxy", in input pixels.
+    post_nms True: rows x0, y0, x1, y1, score, class (and a 7th column, the batch index, ignored).
+    """
+
+    attributes_first: bool = False
+    objectness: bool = True
+    box: str = "cxcywh"
+    post_nms: bool = False
+
+    def rows(self, output: np.ndarray) -> np.ndarray:
+        """One image's output as (boxes, attributes)."""
+        output = np.asarray(output)
+        if output.ndim != 2:
+            raise InputError(f"a detection output per image must be 2-D (boxes x attributes), got {output.shape}")
+        return output.T if self.attributes_first else output
+
+    def class_offset(self) -> int:
+        return 5 if self.objectness else 4
+
+
+@dataclass(frozen=True)
+class Detections:
+    boxes: np.ndarray     # (B, 4) x0, y0, x1, y1
+    scores: np.ndarray    # (B,) class score (x objectness)
+    classes: np.ndarray   # (B,) int
+
+
+def decode(output: np.ndarray, layout: DetectionLayout) -> Detections:
+    """Every prediction of one image's output: boxes as corners, the best class and its score."""
+    rows = layout.rows(output).astype(np.float64)
+    if layout.post_nms:
+        return Detections(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64))
+    if rows.shape[1] <= layout.class_offset():
+        raise InputError(f"detection rows have {rows.shape[1]} values; the layout needs 4 box values"
+                         f"{' + objectness' if layout.objectness else ''} + at least one class score")
+    classes = rows[:, layout.class_offset():]
+    best = classes.argmax(axis=1)
+    scores = classes[np.arange(len(rows)), best] * (rows[:, 4] if layout.objectness else 1.0)
+    return Detections(_corners(rows[:, :4], layout.box), scores, best)
+
+
+@dataclass
+class DetectionTarget(Target):
+    """The score of detection `index` (a row of the raw output: class score x objectness where the model has one).
+
+    category: the class to score (None: the row's best class, fixed by `bind`). For post-NMS outputs, whose rows
+    reorder when the input changes, the value is that of the row of the same class that overlaps the bound box
+    most (IoU >= `iou`), 0 when none does.
+    """
+
+    index: int
+    category: int | None = None
+    layout: DetectionLayout = DetectionLayout()
+    box: tuple[float, float, float, float] | None = None
+    iou: float = 0.5
+
+    def bind(self, output: np.ndarray) -> DetectionTarget:
+        found = decode(output, self.layout)
+        if not 0 <= self.index < len(found.scores):
+            raise InputError(f"box index {self.index} is out of range: the output has {len(found.scores)} "
+                             f"predictions (0..{len(found.scores) - 1})")
+        category = int(found.classes[self.index]) if self.category is None else self.category
+        box = tuple(float(v) for v in found.boxes[self.index])
+        return replace(self, category=category, box=box)  # type: ignore[arg-type]
+
+    def __call__(self, output: np.ndarray) -> float:
+        row = self._row(output)
+        return 0.0 if row is None else self._score(self.layout.rows(output)[row])
+
+    def seed(self, output: np.ndarray) -> np.ndarray:
+        rows = self.layout.rows(output)
+        seed = np.zeros(rows.shape, np.float32)
+        row = self._row(output)
+        if row is not None:
+            values, category = rows[row], self._category(rows[row])
+            if self.layout.post_nms:
+                seed[row, 4] = 1.0
+            else:
+                # d(cls * obj) = obj dcls + cls dobj
+                column = self.layout.class_offset() + category
+                seed[row, column] = values[4] if self.layout.objectness else 1.0
+                if self.layout.objectness:
+                    seed[row, 4] = values[column]
+        return seed.T if self.layout.attributes_first else seed
+
+    def _score(self, values: np.ndarray) -> float:
+        if self.layout.post_nms:
+            return float(values[4])
+        cls = values[self.layout.class_offset() + self._category(values)]
+        return float(cls * values[4]) if self.layout.objectness else float(cls)
+
+    def _category(self, values: np.ndarray) -> int:
+        if self.category is not None:
+            return int(self.category)
+        return int(np.argmax(values[self.layout.class_offset():]))
+
+    def _row(self, output: np.ndarray) -> int | None:
+        if not self.layout.post_nms or self.box is None:
+            return self.index
+        found = decode(output, self.layout)
+        same = np.flatnonzero(found.classes == self.category) if self.category is not None else \
+            np.arange(len(found.scores))
+        if not len(same):
+            return None
+        overlaps = box_iou(np.asarray(self.box), found.boxes[same])
+        best = int(np.argmax(overlaps))
+        return int(same[best]) if overlaps[best] >= self.iou else None
+
+    def describe(self) -> str:
+        box = "" if self.box is None else " box " + ",".join(f"{v:.0f}" for v in self.box)
+        return f"detection {self.index} class {self.category}{box}"
+
+
+def detection_targets(output: np.ndarray, layout: DetectionLayout, threshold: float | None = None,
+                      index: int | None = None, iou: float = 0.5) -> list[DetectionTarget]:
+    """Targets for one image: detection `index`, or every detection scoring >= threshold after greedy per-class
+    NMS at `iou` (raw outputs), best first; neither: the best detection."""
+    found = decode(output, layout)
+    if index is not None:
+        return [DetectionTarget(index, layout=layout).bind(output)]
+    order = np.argsort(-found.scores, kind="stable")
+    if threshold is None:
+        return [DetectionTarget(int(order[0]), layout=layout).bind(output)] if len(order) else []
+    kept: list[int] = []
+    for row in order:
+        if found.scores[row] < threshold:
+            break
+        same = [k for k in kept if found.classes[k] == found.classes[row]]
+        if layout.post_nms or not same or box_iou(found.boxes[row], found.boxes[same]).max() < iou:
+            kept.append(int(row))
+    return [DetectionTarget(row, layout=layout).bind(output) for row in kept]
+
+
+def guess_detection_layout(shape: Sequence[int], classes: int | None = None, metadata: str | None = None,
+                           post_nms: bool | None = None) -> DetectionLayout:
+    """The layout of one image's detector output (boxes x attributes either way round).
+
+    The model's "detection" metadata (JSON: layout "attributes_first"/"boxes_first", box, objectness, post_nms)
+    wins. Rows of 6 or 7 values read as post-NMS detections unless the class count or `post_nms` (known from the
+    graph) says otherwise. Otherwise the shorter axis holds the attributes; with `classes` known, objectness is
+    present when there are 5 + classes attributes, else YOLOv5's convention (boxes first: objectness) or YOLOv8's
+    (attributes first: none) is assumed.
+    """
+    if metadata:
+        spec = json.loads(metadata)
+        return DetectionLayout(attributes_first=spec.get("layout", "boxes_first") == "attributes_first",
+                               objectness=bool(spec.get("objectness", True)), box=spec.get("box", "cxcywh"),
+                               post_nms=bool(spec.get("post_nms", False)))
+    if len(shape) != 2:
+        raise InputError(f"a detection output per image must be 2-D (boxes x attributes), got {tuple(shape)}")
+    raw_sizes = (4 + classes, 5 + classes) if classes is not None else ()
+    if post_nms or (post_nms is None and shape[1] in (6, 7) and shape[1] not in raw_sizes):
+        return DetectionLayout(False, objectness=False, box="xyxy", post_nms=True)
+    attributes_first = shape[0] < shape[1]
+    attributes = min(shape)
+    if classes is not None and attributes in raw_sizes:
+        return DetectionLayout(attributes_first, objectness=attributes == 5 + classes)
+    return DetectionLayout(attributes_first, objectness=not attributes_first)
+
+
+# --- embeddings ---------------------------------------------------------------------------------------------------
+@dataclass
+class SimilarityTarget(Target):
+    """Cosine similarity of the image's embedding to `reference` (an embedding of the same size)."""
+
+    reference: np.ndarray
+
+    def __call__(self, output: np.ndarray) -> float:
+        e, r = self._vectors(output)
+        return float(e @ r / (np.linalg.norm(e) * np.linalg.norm(r) + 1e-12))
+
+    def seed(self, output: np.ndarray) -> np.ndarray:
+        # d cos(e, r) / de = r / (|e| |r|) - cos(e, r) e / |e|^2
+        e, r = self._vectors(output)
+        ne, nr = np.linalg.norm(e) + 1e-12, np.linalg.norm(r) + 1e-12
+        cos = e @ r / (ne * nr)
+        return (r / (ne * nr) - cos * e / ne ** 2).astype(np.float32).reshape(np.shape(output))
+
+    def _vectors(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        e = np.asarray(output, np.float64).reshape(-1)
+        r = np.asarray(self.reference, np.float64).reshape(-1)
+        if e.shape != r.shape:
+            raise InputError(f"the reference embedding has {r.size} values but the model's output has {e.size}")
+        return e, r
+
+    def describe(self) -> str:
+        return "similarity to the reference"
+
+
+# --- resolving what the user passed ---------------------------------------------------------------------------------
+def guess_task(output_shape: Sequence[Any] | None, metadata: dict[str, str] | None = None) -> str | None:
+    """classify / segment / detect / embed from the model's "task" metadata, else from the output's rank."""
+    task = (metadata or {}).get("task", "")
+    named = {"classification": "classify", "segmentation": "segment", "detection": "detect", "embedding": "embed"}
+    if task in named or task in TASKS:
+        return named.get(task, task)
+    rank = None if output_shape is None else len(output_shape)
+    return {2: "classify", 3: "detect", 4: "segment"}.get(rank or 0)
+
+
+def default_target(task: str, output: np.ndarray, layout: DetectionLayout | None = None) -> Target:
+    """The target when none is given: the predicted class; for segmentation the most frequent predicted class
+    other than 0 (taken as background) over its predicted region; for detection the best-scoring detection."""
+    if task == "segment":
+        return SemanticSegmentationTarget(None).bind(output)
+    if task == "detect":
+        found = detection_targets(output, layout or guess_detection_layout(np.shape(output)))
+        if not found:
+            raise InputError("the detector output holds no predictions to explain")
+        return found[0]
+    if task == "embed":
+        raise InputError("an embedding model needs a reference: pass SimilarityTarget(reference) targets "
+                         "(CLI: --reference IMAGE)")
+    return ClassifierOutputTarget(int(np.argmax(np.asarray(output).reshape(-1))))
+
+
+def is_target_objects(targets: Any) -> bool:
+    """Whether `targets` is a sequence of target objects (rather than None, ints or a seed array)."""
+    return isinstance(targets, (list, tuple)) and any(isinstance(t, Target) for t in targets)
+
+
+def bind_targets(targets: Sequence[Any], outputs: np.ndarray) -> list[Target]:
+    """One bound target per image from the clean outputs (N, ...); ints become ClassifierOutputTargets."""
+    if len(targets) != len(outputs):
+        raise InputError(f"{len(targets)} targets given for a batch of {len(outputs)} images; give one per image")
+    bound: list[Target] = []
+    for target, output in zip(targets, outputs):
+        if isinstance(target, (int, np.integer)):
+            target = ClassifierOutputTarget(int(target))
+        if not isinstance(target, Target):
+            raise InputError(f"targets must be ints or onnxcam.targets objects, got {type(target).__name__}")
+        bound.append(target.bind(output))
+    return bound
+
+
+def seeds(targets: Sequence[Target], outputs: np.ndarray) -> np.ndarray:
+    """The seed batch (N, ...) like `outputs`: each target's gradient at its image's output."""
+    return np.stack([t.seed(o) for t, o in zip(targets, outputs)]).astype(np.float32)
+
+
+def categories(targets: Sequence[Target]) -> np.ndarray:
+    """(N,) the class each target is about (-1 where none, e.g. similarity)."""
+    return np.array([-1 if t.category is None else int(t.category) for t in targets], np.int64)
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+def resize_mask(mask: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """A boolean (H, W) mask at `size` (nearest neighbour)."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = np.asarray(mask.any(axis=-1))
+    if mask.ndim != 2:
+        raise InputError(f"a segmentation mask must be (H, W), got {mask.shape}")
+    h, w = int(size[0]), int(size[1])
+    if mask.shape == (h, w):
+        return mask.astype(bool)
+    rows = np.minimum((np.arange(h) + 0.5) * mask.shape[0] / h, mask.shape[0] - 1).astype(int)
+    cols = np.minimum((np.arange(w) + 0.5) * mask.shape[1] / w, mask.shape[1] - 1).astype(int)
+    return mask[rows][:, cols].astype(bool)
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box (4,) with each of boxes (B, 4), corners."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = w * h
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-12)
+
+
+def _corners(boxes: np.ndarray, form: str) -> np.ndarray:
+    if form == "xyxy":
+        return boxes
+    if form != "cxcywh":
+        raise InputError(f"box format must be 'cxcywh' or 'xyxy', not '{form}'")
+    half = boxes[:, 2:4] / 2
+    return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
+
+
+def _segmentation_output(output: np.ndarray) -> np.ndarray:
+    output = np.asarray(output)
+    if output.ndim != 3:
+        raise InputError(f"a segmentation output per image must be (classes, H, W), got {output.shape}")
+    return output
+
+
+def _dominant_class(output: np.ndarray) -> int:
+    """The most frequent predicted class, ignoring class 0 (background) when anything else is predicted."""
+    counts = np.bincount(output.argmax(axis=0).reshape(-1), minlength=output.shape[0])
+    if counts[1:].any():
+        return int(np.argmax(counts[1:]) + 1)
+    return 0
+
+
+def resolve_targets(targets: Any, outputs: np.ndarray, task: str | None,
+                    layout: DetectionLayout | None = None) -> list[Target] | None:
+    """Bound target objects, one per image, for what the user passed; None where the class fast path applies
+    (a classifier with None / ints, or a raw seed array).
+
+    For segmentation an int is a class (its predicted region), for detection an int is a class (its best
+    detection); None picks `default_target` per image.
+    """
+    if isinstance(targets, np.ndarray) and np.issubdtype(targets.dtype, np.floating):
+        return None
+    if not is_target_objects(targets) and task in (None, "classify"):
+        return None
+    n = len(outputs)
+    items = [targets] * n if targets is None or np.isscalar(targets) else list(targets)
+    if len(items) != n:
+        raise InputError(f"{len(items)} targets given for a batch of {n} images; give one per image")
+    bound: list[Target] = []
+    for item, output in zip(items, outputs):
+        if isinstance(item, Target):
+            bound.append(item.bind(output))
+        elif item is None:
+            bound.append(default_target(task or "classify", output, layout))
+        elif isinstance(item, (int, np.integer)):
+            bound.append(class_target(task or "classify", int(item), output, layout))
+        else:
+            raise InputError(f"targets must be ints or onnxcam.targets objects, got {type(item).__name__}")
+    return bound
+
+
+def class_target(task: str, category: int, output: np.ndarray, layout: DetectionLayout | None = None) -> Target:
+    """The target for a class index under a task: its logit, its predicted region, or its best detection."""
+    if task == "segment":
+        return SemanticSegmentationTarget(category).bind(output)
+    if task == "detect":
+        layout = layout or guess_detection_layout(np.shape(output))
+        found = decode(output, layout)
+        rows = layout.rows(output)
+        if layout.post_nms:
+            same = np.flatnonzero(found.classes == category)
+            if not len(same):
+                raise InputError(f"no detection of class {category} in this image")
+            return DetectionTarget(int(same[np.argmax(found.scores[same])]), category, layout).bind(output)
+        offset = layout.class_offset()
+        if not 0 <= category < rows.shape[1] - offset:
+            raise InputError(f"class {category} is out of range: the detector has {rows.shape[1] - offset} classes")
+        scores = rows[:, offset + category] * (rows[:, 4] if layout.objectness else 1.0)
+        return DetectionTarget(int(np.argmax(scores)), category, layout).bind(output)
+    return ClassifierOutputTarget(category)
