@@ -6,8 +6,9 @@ from onnxcam.errors import GradientError, InputError, LayerError, ModelError, On
 from onnxcam.explainer import Explainer  # noqa: E402
 from onnxcam.gradients import GradientResult, GradientRunner, gradients  # noqa: E402
 from onnxcam.methods import METHODS as methods  # noqa: E402
+from onnxcam.relevance import RelevanceResult, RelevanceRunner, relevance  # noqa: E402
 
 __all__ = [
     "Explainer", "GradientError", "GradientResult", "GradientRunner", "InputError", "LayerError", "ModelError",
-    "OnnxcamError", "__version__", "gradients", "methods",
+    "OnnxcamError", "RelevanceResult", "RelevanceRunner", "__version__", "gradients", "methods", "relevance",
 ]

@@ -108,17 +108,47 @@ def explain(
     scale: Annotated[float | None, typer.Option(help="Pixel multiplier before mean/std (e.g. 0.00392 = 1/255).")
                      ] = None,
     size: Annotated[str | None, typer.Option(help="Input size N or HxW for models with a dynamic size.")] = None,
+    grid: Annotated[str | None, typer.Option(help="Transformers: the token grid HxW of the layer, where onnxcam "
+                                             "cannot infer it from the token count.")] = None,
+    extra_tokens: Annotated[int | None, typer.Option(min=0, help="Transformers: class/distillation/register "
+                                                     "tokens before the patch tokens (default: inferred).")] = None,
     bgr: Annotated[bool | None, typer.Option("--bgr/--rgb", help="Channel order fed to the model.")] = None,
     labels: Annotated[Path | None, typer.Option(help="Class names: text (one per line) or JSON list/dict "
                                                 "(default: the model's 'labels' metadata).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or tensorrt.")] = "auto",
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Overlay opacity of the heat map.")] = 0.5,
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, viridis, magma or hot.")] = "jet",
     resume: Annotated[bool, typer.Option(help="Skip images whose outputs already exist and are complete.")] = False,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors; needs the 'ray' "
+                                        "extra of onnxcam).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address for --engine ray (e.g. auto or "
+                                                "ray://head:10001; default: start a local one).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Ray actors for --engine ray (default: one per GPU, "
+                                                "else one per 2 CPUs).")] = None,
     debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] = False,
+    task: Annotated[str | None, typer.Option(help="classify, segment, detect or embed (default: the model's "
+                                             "metadata, else its output's shape).")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Segmentation: a mask image (nonzero = inside) whose pixels of "
+                                              "the target class are explained (default: its predicted region).")
+                    ] = None,
+    box: Annotated[int | None, typer.Option(min=0, help="Detection: explain the detection (output row) with this "
+                                            "index (default: the best one).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Detection: explain every detection scoring at least "
+                                                    "this, one map each.")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Embeddings: explain the cosine similarity to this "
+                                                   "image's embedding.")] = None,
+    fit: Annotated[Path | None, typer.Option(help="BroadCAM: the weights file from 'onnxcam fit broadcam'.")] = None,
 ) -> None:
     """Explain images: overlays (.png), maps (.npy), results.jsonl and report.html in OUT."""
+    from onnxcam.cli_targets import explain_task, wants_task
+
+    if wants_task(model, task, mask, box, threshold, reference):  # segmentation, detection, embeddings
+        explain_task(model, inputs, method, layer, target, out, batch_size, preset, mean, std, scale, size, bgr,
+                     labels, device, alpha, colormap, debug, task, mask, box, threshold, reference)
+        return
+    from onnxcam.broadcam_fit import fit_options
     from onnxcam.explain_images import explain_images
+    from onnxcam.tokens import parse_grid
 
     _quiet_opencv()
     methods = [m.strip() for item in method for m in item.split(",") if m.strip()]
@@ -133,12 +163,15 @@ def explain(
         progress.start()
 
     try:
+        method_options = fit_options(model, methods, fit)  # a wrong or missing fit file is a usage error (exit 2)
         try:
             summary = explain_images(
                 model, inputs, out, methods=methods, layer=layer, target=target, top_k=top_k, batch_size=batch_size,
                 preset=preset, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), size=_size(size), bgr=bgr,
+                grid=parse_grid(grid) if grid else None, extra_tokens=extra_tokens,
                 labels=labels, device=device, alpha=alpha, colormap=colormap, resume=resume, scale=scale,
-                on_start=on_start, on_image=lambda _rec: progress.advance(task_id))
+                on_start=on_start, on_image=lambda _rec: progress.advance(task_id),
+                engine=engine, address=address, workers=workers, method_options=method_options)
         finally:
             progress.stop()
     except OnnxcamError as e:
@@ -208,6 +241,12 @@ def _inspect(model_path: Path) -> dict[str, Any]:
         working, problem = sorted(METHODS), None
     except GradientError as e:
         working, problem = gradient_free, str(e)
+    if "relevancecam" in working:  # LRP has its own rule table: an op may have a gradient rule but no relevance rule
+        from onnxcam.graph.relevance_model import relevance_model
+        try:
+            relevance_model(ex.model, [default])
+        except GradientError:
+            working = [m for m in working if m != "relevancecam"]
     return {
         "model": str(model_path),
         "inputs": [{**describe(i.name), "image": i.name == ex.input_name} for i in graph.input
@@ -278,6 +317,10 @@ def methods() -> None:
     for m in sorted(METHODS.values(), key=lambda m: (m.family, m.name)):
         needs_grad = m.needs != "activations" or m.family == "gradient"
         table.add_row(Text(m.name), m.family, "yes" if needs_grad else "no", Text(m.cost), Text(m.paper))
+    from onnxcam.methods import COMPOSERS  # methods on top of any base: one row each (conceptor-<base>)
+
+    for c in COMPOSERS.values():
+        table.add_row(Text(c.listing.name), c.listing.family, "as base", Text(c.listing.cost), Text(c.listing.paper))
     console.print(table)
 
 
@@ -285,7 +328,7 @@ def methods() -> None:
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("onnxcam-demo"),
     method: Annotated[str, typer.Option("--method", "-m", help="Method(s), comma-separated.")] = "gradcam",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or tensorrt.")] = "auto",
     debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] = False,
 ) -> None:
     """Explain the bundled sample images with the bundled model and print where report.html is."""
@@ -300,3 +343,5 @@ def demo(
 
 if __name__ == "__main__":
     app()
+from onnxcam import cli_evaluate  # noqa: E402,F401  (registers the command)
+from onnxcam import cli_fit as _cli_fit  # noqa: E402,F401  (registers the command)

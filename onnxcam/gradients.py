@@ -17,7 +17,7 @@ from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.rewrite import GRAD_PREFIX, SCORES, SEED, check_tensors, gradient_model, image_input
 from onnxcam.runtime import cached_model, choose_providers, make_session, model_key
 
-Targets = None | int | Sequence[int] | np.ndarray
+Targets = None | int | Sequence[int] | np.ndarray | Sequence[Any]  # Any: onnxcam.targets objects
 
 
 @dataclass
@@ -52,6 +52,8 @@ class GradientRunner:
         self.providers = choose_providers(device, providers)
         self.session = make_session(path, self.providers)
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
+        # a float64 model takes a float64 seed
+        self._seed_dtype = _DTYPES.get(next(i for i in self.session.get_inputs() if i.name == SEED).type, np.float32)
 
     @cached_property
     def default_layer(self) -> str:
@@ -60,7 +62,7 @@ class GradientRunner:
 
     def run(self, x: np.ndarray, targets: Targets = None) -> GradientResult:
         x = check_input(x, self.input_name, self.input_shape, self._input_dtype)
-        seed = self._seed(x.shape[0], targets)
+        seed = self._seed(x.shape[0], targets).astype(self._seed_dtype, copy=False)
         names = [SCORES] + self.layers + [GRAD_PREFIX + name for name in self.layers]
         if self.input_gradient:
             names.append(GRAD_PREFIX + self.input_name)

@@ -155,3 +155,21 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray | None:
     """An overlay written earlier, as RGB, or None."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def draw_boxes(rgb: np.ndarray, boxes: Sequence[Sequence[float]], captions: Sequence[str] | None = None,
+               colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """A copy of an RGB image with boxes (x0, y0, x1, y1 in its pixels) and optional captions drawn on it."""
+    out = np.ascontiguousarray(rgb).copy()
+    thickness = max(1, round(max(out.shape[:2]) / 200))
+    for k, box in enumerate(boxes):
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 0, 0), thickness + 2)  # dark edge: visible on any map
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, thickness)
+        if captions and k < len(captions) and captions[k]:
+            scale = max(0.3, max(out.shape[:2]) / 600)
+            origin = (max(0, x0), max(10, y0 - 3))
+            cv2.putText(out, captions[k], origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 1,
+                        cv2.LINE_AA)
+            cv2.putText(out, captions[k], origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+    return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import onnxcam
@@ -43,10 +44,18 @@ def test_exports_present() -> None:
         assert len([p for p in MODELS if p.name.startswith(arch + "_op")]) >= 2, f"{arch}: one opset only"
 
 
+def _reference_layer(path: Path) -> list[str] | None:
+    """None (the default layer), except for ViT: its references are at the patch embedding (conv_proj, the only
+    rank-4 map), while onnxcam's ViT default is a token tensor (checked in tests/test_tokens.py)."""
+    if not path.name.startswith("vit_"):
+        return None
+    return [next(n.output[0] for n in onnx.load(str(path)).graph.node if n.op_type == "Conv")]
+
+
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
 def test_matches_torch_autograd(path: Path) -> None:
     ref = np.load(EXPORTS / (path.name.rsplit("_op", 1)[0] + ".npz"))
-    res = onnxcam.gradients(path, ref["x"], layers=None, targets=ref["target"], input_gradient=True)
+    res = onnxcam.gradients(path, ref["x"], layers=_reference_layer(path), targets=ref["target"], input_gradient=True)
 
     _close(res.scores, ref["logits"], "logits")
     assert list(res.targets) == list(ref["target"])

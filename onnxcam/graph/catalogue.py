@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnxcam import tokens
 from onnxcam.errors import LayerError, ModelError
 from onnxcam.graph.autodiff import ancestors
 from onnxcam.graph.builder import Shape, _elem_types, _static_shapes
@@ -52,7 +53,11 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
         shape = shapes.get(name)
         is_float = types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
         # Inputs keep their layout whatever their dtype: uint8 images are images too.
-        layout = _layout(shape, layout_hint) if is_float or not op_type else None
+        image_hint = layout_hint if layout_hint in ("NCHW", "NHWC") else None
+        layout = _layout(shape, image_hint) if is_float or not op_type else None
+        if layout is None and is_float and op_type and shape is not None:
+            # transformers: token tensors (B x T x C, B x C x T) and Swin's channels-last grids
+            layout = _token_layout(shape, layout_hint, next((i for i in infos if i.layout and not i.op_type), None))
         layouts[name] = layout
         infos.append(TensorInfo(name, op_type, node_name, shape, is_float, layout))
 
@@ -80,6 +85,20 @@ def _layout_hint(node: onnx.NodeProto, layouts: dict[str, str | None]) -> str | 
             return "NHWC"
         if perm == [0, 3, 1, 2] and source != "NCHW":
             return "NCHW"
+    return tokens.rank3_hint(node, layouts)
+
+
+def _token_layout(shape: Shape, hint: str | None, image: TensorInfo | None) -> str | None:
+    """A token layout ("BTC", "BCT") or "NHWC" for a Swin-style grid not made by a conv, judged against the
+    image input's size (onnxcam.tokens)."""
+    if image is None or image.shape is None:
+        return None
+    size = image.shape[2:4] if image.layout == "NCHW" else image.shape[1:3]
+    input_hw = (size[0], size[1])
+    if len(shape) == 3:
+        return tokens.rank3_layout(shape, hint, input_hw, image.shape[0])
+    if len(shape) == 4 and hint is None and tokens.grid_nhwc(shape, input_hw, image.shape[0]):
+        return "NHWC"
     return None
 
 
@@ -148,11 +167,17 @@ def find_score(model: onnx.ModelProto, output: str | None = None, probabilities:
 
 
 def default_layer(model: onnx.ModelProto, score: str, infos: list[TensorInfo] | None = None) -> str:
-    """The last spatial feature map (in graph order) that the score depends on."""
+    """The last spatial feature map (in graph order) that the score depends on; for a transformer whose head reads
+    the class token, the last token tensor before the last attention (see tokens.class_token_default)."""
     infos = catalogue(model) if infos is None else infos
     needed = ancestors(list(model.graph.node), score)
     spatial = [t for t in infos if t.spatial and t.name in needed and t.op_type]
     if not spatial:
-        raise LayerError("the model has no spatial feature map (a rank-4 NCHW or NHWC tensor) before its score; "
-                         "CAM methods need one: pass --layer with a tensor name, or explain another model")
-    return spatial[-1].name
+        raise LayerError("the model has no spatial feature map (a rank-4 NCHW or NHWC tensor, or transformer tokens) "
+                         "before its score; CAM methods need one: pass --layer with a tensor name, or explain another "
+                         "model")
+    if not tokens.has_attention(model, needed):
+        # no transformer: token-shaped tensors after the last feature map are a head's output (detection boxes)
+        spatial = [t for t in spatial if t.layout not in tokens.TOKEN_LAYOUTS] or spatial
+    token_layers = [(t.name, t.shape) for t in spatial if t.layout == "BTC" and t.shape is not None]
+    return tokens.class_token_default(model, needed, token_layers) or spatial[-1].name

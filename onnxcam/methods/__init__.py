@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +36,30 @@ class Evidence:
     # scores B copies of the features times each scale row (made inside the runtime: no B-fold copy in NumPy)
     head_scores: Callable[..., np.ndarray] | None = None
     gradients_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None  # inputs -> (A, G)
+    # input_gradients_of(inputs (B, ...), targets (B,) class ids) -> (scores (B, classes), d score[target] / d inputs)
+    input_gradients_of: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    # tensors_of(names) -> {name: value} of any tensors (graph outputs or internal) for x, in their own layout;
+    # graph_outputs: the model's output names (for methods that read a model-provided map, e.g. attention)
+    tensors_of: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None
+    graph_outputs: tuple[str, ...] = ()
+    model_id: str = ""                      # content hash of the model: files fitted to it (BroadCAM) check it
     input_size: tuple[int, int] = (0, 0)    # (H, W) of the model input
     input_layout: str = "NCHW"
     # the model input of a black image, broadcastable to x: masking in pixel space is baseline + S * (x - baseline)
     baseline: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # method-specific evidence (e.g. head weights for CAM)
+    # onnxcam.targets objects, one per image (segmentation, detection, similarity), bound to the clean output;
+    # None for class targets. output_shape: one image's output shape, to unflatten (B, -1) scores for them.
+    target_objects: list[Any] | None = None
+    output_shape: tuple[int, ...] | None = None
+
+    def target_scores(self, outputs: np.ndarray, image: int) -> np.ndarray:
+        """(B,) the value of image `image`'s target on a batch of outputs (B, ...) (e.g. of masked inputs):
+        the target class's score, or the target object's value."""
+        if self.target_objects is None:
+            return np.asarray(outputs).reshape(len(outputs), -1)[:, self.targets[image]]
+        shape = self.output_shape or np.shape(outputs)[1:]
+        return self.target_objects[image].values(np.asarray(outputs).reshape((len(outputs), *shape)))
 
 
 MethodFn = Callable[..., np.ndarray]
@@ -66,11 +85,24 @@ def method(name: str, family: str, needs: str, cost: str, paper: str) -> Callabl
     return register
 
 
+@dataclass(frozen=True)
+class Composer:
+    """Methods built on any base method, named '<prefix>-<base>' (e.g. conceptor-gradcam)."""
+    listing: Method                        # the one row for tables, named '<prefix>-<base>'
+    compose: Callable[[Method], Method]    # base method -> the composed method
+
+
+COMPOSERS: dict[str, Composer] = {}        # prefix -> composer
+
+
 def get_method(name: str) -> Method:
-    try:
+    if name in METHODS:
         return METHODS[name]
-    except KeyError:
-        raise InputError(f"unknown method '{name}'; valid methods: {', '.join(sorted(METHODS))}") from None
+    prefix, _, base = name.partition("-")
+    if prefix in COMPOSERS and base:
+        return COMPOSERS[prefix].compose(get_method(base))
+    valid = sorted(METHODS) + [c.listing.name for c in COMPOSERS.values()]
+    raise InputError(f"unknown method '{name}'; valid methods: {', '.join(valid)}")
 
 
 def _load_method_modules() -> None:

@@ -71,6 +71,8 @@ def _score_weights(ev: Evidence, masks_of: Callable[[int, np.ndarray, int], np.n
     """
     if weighting not in ("softmax", "probability"):
         raise InputError(f"scorecam_weights must be 'softmax' or 'probability', not '{weighting}'")
+    if weighting == "probability" and ev.target_objects is not None:
+        raise InputError("scorecam_weights='probability' needs class targets; use 'softmax' for other targets")
     assert ev.scores_of is not None
     weights = np.zeros(ev.activations.shape[:2])
     for i, target in enumerate(ev.targets):
@@ -82,7 +84,10 @@ def _score_weights(ev: Evidence, masks_of: Callable[[int, np.ndarray, int], np.n
             for start in range(0, len(run), batch_size):
                 ks = run[start:start + batch_size]
                 scores = ev.scores_of(_apply_masks(ev, i, masks_of(i, ks, sample))).astype(np.float64)
-                total[start:start + len(ks)] += (_softmax(scores) if weighting == "probability" else scores)[:, target]
+                if weighting == "probability":
+                    total[start:start + len(ks)] += _softmax(scores)[:, target]
+                else:
+                    total[start:start + len(ks)] += ev.target_scores(scores, i)
         per_channel = np.empty(len(chosen))
         per_channel[~flat] = total[:int((~flat).sum())]
         per_channel[flat] = total[-1] if flat.any() else 0.0
@@ -112,8 +117,8 @@ def ablationcam(ev: Evidence, batch_size: int = 32, channels: int | None = None)
     assert ev.head_scores is not None
     acts = ev.activations
     weights = np.zeros(acts.shape[:2])
-    for i, target in enumerate(ev.targets):
-        original = float(ev.scores[i, target])
+    for i in range(len(ev.targets)):
+        original = float(ev.target_scores(ev.scores[i:i + 1], i)[0])
         chosen = _top_channels(acts[i], channels)
         ablated = np.empty(len(chosen))
         ablate = ev.extras.get("channel_ablation")  # zeroing after global pooling: K values, not K x h x w
@@ -122,7 +127,7 @@ def ablationcam(ev: Evidence, batch_size: int = 32, channels: int | None = None)
             keep = np.ones((len(ks), acts.shape[1], 1, 1), np.float32)
             keep[np.arange(len(ks)), ks] = 0
             scores = ablate(i, keep[:, :, 0, 0]) if ablate else ev.head_scores(acts[i][None], i, keep)
-            ablated[start:start + len(ks)] = scores[:, target]
+            ablated[start:start + len(ks)] = ev.target_scores(scores, i)
         weights[i, chosen] = (original - ablated) / (original if original != 0 else 1.0)
     return weights
 
@@ -144,7 +149,10 @@ def reciprocam(ev: Evidence, mode: str = "gaussian", batch_size: int = 32) -> np
             positions = np.arange(start, min(start + batch_size, h * w))
             rows, cols = np.divmod(positions, w)
             features = acts[i][:, rows, cols].T[:, :, None, None] * _patterns(rows, cols, h, w, mode)[:, None]
-            maps[i, positions] = _softmax(ev.head_scores(features.astype(np.float32), i).astype(np.float64))[:, target]
+            scores = ev.head_scores(features.astype(np.float32), i).astype(np.float64)
+            # a class's softmax probability (the paper's); other targets (segmentation, ...) use their value
+            maps[i, positions] = _softmax(scores)[:, target] if ev.target_objects is None else \
+                ev.target_scores(scores, i)
     return maps.reshape(n, h, w)
 
 
