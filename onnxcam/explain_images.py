@@ -257,7 +257,7 @@ def _merge(unit: Unit, written: list[list[dict[str, Any]]]) -> list[list[dict[st
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """A killed run can leave render.write_bytes' hidden temporaries (.<name>.<random>.tmp); never real outputs."""
+    """A killed run can leave render.write_bytes' hidden temporaries (.<name>.<pid>.<thread>.tmp); never real outputs."""
     for path in out.rglob(".*.tmp"):
         parts = path.name.split(".")  # ['', stem..., suffix, random, 'tmp']
         if path.is_file() and len(parts) >= 5 and parts[-3] in ("png", "npy", "html"):
