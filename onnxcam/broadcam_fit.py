@@ -108,7 +108,7 @@ def stage_layers(ex: Explainer) -> list[str]:
     needed = ancestors(list(ex.model.graph.node), ex.score)
     last: dict[tuple[object, ...], str] = {}
     for t in ex.tensors:
-        if t.spatial and t.op_type and t.name in needed and t.shape is not None:
+        if t.spatial and t.op_type and t.name in needed and t.shape is not None and t.layout in _MAP_LAYOUTS:
             size = tuple(t.shape[2:]) if t.layout == "NCHW" else tuple(t.shape[1:3])
             last.pop(size, None)  # re-insert: dict order follows the last occurrence
             last[size] = t.name
@@ -137,8 +137,14 @@ def _layouts(ex: Explainer, layers: Sequence[str]) -> list[str]:
         if info is None or not info.spatial:
             raise LayerError(f"layer '{name}' is not a spatial feature map; BroadCAM pools (N, K, h, w) tensors "
                              f"(candidates: {', '.join(stage_layers(ex))})")
+        if info.layout not in _MAP_LAYOUTS:
+            raise LayerError(f"layer '{name}' is a transformer token tensor ({info.layout}); BroadCAM fits CNN "
+                             "feature maps (NCHW or NHWC) only: pick such layers with --layers")
         out.append(str(info.layout))
     return out
+
+
+_MAP_LAYOUTS = ("NCHW", "NHWC")
 
 
 def read_dataset(ex: Explainer, data: str | os.PathLike, labels_csv: str | os.PathLike | None = None,

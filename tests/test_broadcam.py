@@ -146,3 +146,14 @@ def test_cli_refusals_exit_with_2(data: tuple[Path, Path], fitted: Path, tmp_pat
     result = runner.invoke(cli.app, ["fit", "broadcam", str(MODEL), str(data[0]), "--labels", str(bad),
                                      "--out", str(tmp_path / "f.npz"), "--device", "cpu"])
     assert result.exit_code == 2 and "nothere.png" in result.output
+
+
+def test_transformer_token_layers_are_refused_and_not_defaults() -> None:
+    vit = Explainer(MODEL.parent / "torch_exports" / "vit_op18.onnx")
+    tokens = [t.name for t in vit.tensors if t.layout in ("BTC", "BCT")]
+    assert tokens and not set(stage_layers(vit)) & set(tokens)
+    from onnxcam.broadcam_fit import _layouts
+    from onnxcam.errors import LayerError
+
+    with pytest.raises(LayerError, match="token tensor"):
+        _layouts(vit, tokens[-1:])
