@@ -68,6 +68,21 @@ def _size(text: str | None) -> list[int] | None:
     return values
 
 
+def _method_options(methods: list[str], given: list[str]) -> dict[str, dict[str, Any]]:
+    """--option NAME=VALUE pairs spread over the methods that accept each name; a name no method takes is an error
+    (a typo would otherwise be ignored silently)."""
+    from onnxcam.cli_evaluate import _option_value, _pairs
+    from onnxcam.evaluate import _accepted
+
+    options = {k: _option_value(v) for k, v in _pairs(given, "--option").items()}
+    per_method = {m: _accepted(m, options) for m in methods}
+    unused = set(options) - {k for accepted in per_method.values() for k in accepted}
+    if unused:
+        raise InputError(f"--option {', '.join(sorted(unused))}: no chosen method takes it "
+                         f"({', '.join(methods)}); see the method's docs")
+    return {m: o for m, o in per_method.items() if o}
+
+
 def _quiet_opencv() -> None:
     """Bad images are reported once by us; OpenCV's own warnings about them would only clutter the terminal."""
     import cv2
@@ -125,6 +140,9 @@ def explain(
                                                 "ray://head:10001; default: start a local one).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Ray actors for --engine ray (default: one per GPU, "
                                                 "else one per 2 CPUs).")] = None,
+    option: Annotated[list[str], typer.Option("--option", help="Method option NAME=VALUE (repeatable; JSON values "
+                                              "such as 3 or true are parsed), passed to the methods that accept "
+                                              "it, e.g. --option rule=epsilon for relevancecam.")] = [],  # noqa: B006
     debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] = False,
     task: Annotated[str | None, typer.Option(help="classify, segment, detect or embed (default: the model's "
                                              "metadata, else its output's shape).")] = None,
@@ -143,6 +161,13 @@ def explain(
     from onnxcam.cli_targets import explain_task, wants_task
 
     if wants_task(model, task, mask, box, threshold, reference):  # segmentation, detection, embeddings
+        flags = (("--resume", resume), ("--top-k", top_k is not None), ("--engine ray", engine != "local"),
+                 ("--grid", grid is not None), ("--extra-tokens", extra_tokens is not None),
+                 ("--fit", fit is not None), ("--option", bool(option)))
+        unsupported = [flag for flag, given in flags if given]
+        if unsupported:
+            _fail(InputError(f"{', '.join(unsupported)} not supported yet for segmentation, detection or embedding "
+                             "models; run without it"), debug)
         explain_task(model, inputs, method, layer, target, out, batch_size, preset, mean, std, scale, size, bgr,
                      labels, device, alpha, colormap, debug, task, mask, box, threshold, reference)
         return
@@ -163,7 +188,9 @@ def explain(
         progress.start()
 
     try:
-        method_options = fit_options(model, methods, fit)  # a wrong or missing fit file is a usage error (exit 2)
+        method_options = fit_options(model, methods, fit) or {}  # a wrong or missing fit file: usage error
+        for name, options in _method_options(methods, option).items():
+            method_options[name] = {**method_options.get(name, {}), **options}
         try:
             summary = explain_images(
                 model, inputs, out, methods=methods, layer=layer, target=target, top_k=top_k, batch_size=batch_size,

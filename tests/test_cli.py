@@ -300,3 +300,24 @@ def test_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
     reference.write_text("x")  # created by open(): 0o666 minus the umask
     for name in ("report.html", "results.jsonl", "p.gradcam.png", "p.gradcam.npy"):
         assert os.stat(tmp_path / "o" / name).st_mode & 0o777 == os.stat(reference).st_mode & 0o777
+
+
+def test_method_options_reach_the_method_and_typos_are_refused(tmp_path: Path) -> None:
+    demo = ROOT / "models" / "shapes_resnet.onnx"
+    image = str(IMAGES / "01_circle.png")
+    maps = {}
+    for name, extra in (("default", []), ("epsilon", ["--option", "rule=epsilon", "--option", "epsilon=0.5"])):
+        out = tmp_path / name
+        result = runner.invoke(cli.app, ["explain", str(demo), image, "-m", "relevancecam", "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        maps[name] = np.load(out / "01_circle.relevancecam.npy")
+    assert np.abs(maps["default"] - maps["epsilon"]).max() > 1e-3  # the option changed the rule
+    typo = runner.invoke(cli.app, ["explain", str(demo), image, "--option", "rulez=epsilon", "--out",
+                                   str(tmp_path / "typo")])
+    assert typo.exit_code == 2 and "rulez" in typo.output
+
+
+def test_task_models_refuse_options_they_do_not_support_yet(tmp_path: Path) -> None:
+    result = runner.invoke(cli.app, ["explain", str(ROOT / "models" / "shapes_segmenter.onnx"),
+                                     str(IMAGES / "01_circle.png"), "--resume", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--resume not supported yet" in result.output
