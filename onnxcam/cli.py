@@ -318,6 +318,8 @@ def _print_inspect(info: dict[str, Any], all_layers: bool) -> None:
     if info["labels"]:
         console.print(Text(f"labels: {info['labels']['count']} in metadata, e.g. {', '.join(info['labels']['first'])}"))
     layers = info["layers"] if all_layers else info["layers"][-15:]
+    if not any(d["default"] for d in layers):  # e.g. a ViT's default sits before the last block's attention
+        layers = [d for d in info["layers"] if d["default"]] + layers
     table = Table(title=f"candidate layers ({len(layers)} of {len(info['layers'])}; --all for every one)")
     for column in ("", "tensor", "op", "shape", "layout"):
         table.add_column(column)

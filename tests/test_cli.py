@@ -321,3 +321,13 @@ def test_task_models_refuse_options_they_do_not_support_yet(tmp_path: Path) -> N
     result = runner.invoke(cli.app, ["explain", str(ROOT / "models" / "shapes_segmenter.onnx"),
                                      str(IMAGES / "01_circle.png"), "--resume", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--resume not supported yet" in result.output
+
+
+def test_inspect_table_always_shows_the_default_layer() -> None:
+    vit = ROOT / "models" / "torch_exports" / "vit_op18.onnx"
+    info = json.loads(runner.invoke(cli.app, ["inspect", str(vit), "--json"]).output)
+    assert info["default_layer"] not in [d["name"] for d in info["layers"][-15:]]  # the case this guards
+    result = runner.invoke(cli.app, ["inspect", str(vit)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    row = next(line for line in result.output.splitlines() if "│ * │" in line)
+    assert info["default_layer"] in row
