@@ -68,7 +68,19 @@ class Summary:
     skipped: int = 0
     seconds: float = 0.0
     out: Path = Path(".")
+    # Every failure and the first REPORT_LIMIT other records, what report.html shows; all records (and the count
+    # below) are in results.jsonl, so memory stays flat over millions of images.
     records: list[dict[str, Any]] = field(default_factory=list)
+    total_records: int = 0
+    _kept_ok: int = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.total_records += 1
+        if record.get("status") == "failed":
+            self.records.append(record)
+        elif self._kept_ok < REPORT_LIMIT:
+            self._kept_ok += 1
+            self.records.append(record)
 
     @property
     def report(self) -> Path:
@@ -188,7 +200,7 @@ def explain_images(model: ModelSource, inputs: Sequence[str | os.PathLike], out:
     with open(partial, "w", encoding="utf-8") as log:
         def emit(records: list[dict[str, Any]]) -> None:
             for rec in records:
-                summary.records.append(rec)
+                summary.add(rec)
                 log.write(json.dumps(rec, ensure_ascii=False) + "\n")
             log.flush()
             if any(r["status"] == "failed" for r in records):
@@ -257,10 +269,11 @@ def _merge(unit: Unit, written: list[list[dict[str, Any]]]) -> list[list[dict[st
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """A killed run can leave render.write_bytes' hidden temporaries (.<name>.<pid>.<thread>.tmp); never real outputs."""
+    """A killed run can leave render.write_bytes' hidden temporaries (.<name>.<pid>.<thread>.tmp); never outputs."""
     for path in out.rglob(".*.tmp"):
-        parts = path.name.split(".")  # ['', stem..., suffix, random, 'tmp']
-        if path.is_file() and len(parts) >= 5 and parts[-3] in ("png", "npy", "html"):
+        parts = path.name.split(".")  # ['', stem..., suffix, pid, thread, 'tmp']
+        if (path.is_file() and len(parts) >= 6 and parts[-4] in ("png", "npy", "html")
+                and parts[-3].isdigit() and parts[-2].isdigit()):
             path.unlink(missing_ok=True)
 
 
@@ -492,8 +505,9 @@ def write_report(summary: Summary, title: str, meta: dict[str, Any], limit: int 
             if ok_seen > limit:
                 continue
         shown.append(rec)
-    if len(shown) < len(summary.records):
-        meta = {**meta, "shown": f"{len(shown)} of {len(summary.records)} (all in {RESULTS})"}
+    total = max(summary.total_records, len(summary.records))
+    if len(shown) < total:
+        meta = {**meta, "shown": f"{len(shown)} of {total} (all in {RESULTS})"}
     thumbs = {}
     for i, rec in enumerate(shown):
         paths = rec.get("paths") or {}

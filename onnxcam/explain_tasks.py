@@ -129,7 +129,7 @@ def explain_tasks(model: ModelSource, inputs: Sequence[str | os.PathLike], out: 
             for i in range(len(chunk)):
                 recs = records[i]
                 for rec in recs:
-                    summary.records.append(rec)
+                    summary.add(rec)
                     log.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 log.flush()
                 if any(r["status"] == "failed" for r in recs):

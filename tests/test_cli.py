@@ -331,3 +331,14 @@ def test_inspect_table_always_shows_the_default_layer() -> None:
     assert result.exit_code == 0
     row = next(line for line in result.output.splitlines() if "│ * │" in line)
     assert info["default_layer"] in row
+
+
+def test_summary_keeps_failures_and_a_bounded_number_of_records(monkeypatch) -> None:
+    import onnxcam.explain_images as ei
+
+    monkeypatch.setattr(ei, "REPORT_LIMIT", 3)
+    summary = ei.Summary()
+    for i in range(10):
+        summary.add({"status": "failed" if i % 4 == 0 else "ok", "i": i})
+    assert summary.total_records == 10
+    assert [r["i"] for r in summary.records] == [0, 1, 2, 3, 4, 8]  # every failure, the first 3 others

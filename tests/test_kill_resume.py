@@ -79,3 +79,24 @@ def test_killed_at_random_points_then_resumed_equals_uninterrupted(images, refer
     assert all(r["status"] in ("ok", "skipped") for r in records)
     leftovers = [p.name for p in out.rglob("*") if p.is_file() and (".tmp" in p.name or p.name.endswith(".partial"))]
     assert leftovers == [] or all(p.endswith(".partial") for p in leftovers), leftovers
+
+
+def test_resume_removes_only_our_stale_temporaries(tmp_path):
+    """write_bytes' temporaries are .<name>.<pid>.<thread>.tmp; a user's own .tmp files in --out stay."""
+    import threading
+
+    from onnxcam.explain_images import _remove_stale_temporaries
+    from onnxcam.render import write_bytes
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    ours = [out / f".a.gradcam.png.{os.getpid()}.{threading.get_ident()}.tmp", out / "sub" / ".b.c.npy.12.34.tmp",
+            out / ".report.html.7.8.tmp"]
+    theirs = [out / ".notes.tmp", out / ".x.png.tmp", out / ".a.png.abc.def.tmp", out / "keep.png"]
+    for path in ours + theirs:
+        path.write_bytes(b"partial")
+    _remove_stale_temporaries(out)
+    assert [p.exists() for p in ours] == [False] * len(ours)
+    assert all(p.exists() for p in theirs)
+    write_bytes(out / "a.gradcam.png", b"whole")  # the name write_bytes uses is the one removed above
+    assert (out / "a.gradcam.png").read_bytes() == b"whole" and not list(out.glob(".a.gradcam.png.*"))
