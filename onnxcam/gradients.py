@@ -15,7 +15,7 @@ from onnxcam.graph.builder import Shape, _static_shapes
 from onnxcam.graph.catalogue import TensorInfo, catalogue, default_layer, find_score
 from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.rewrite import GRAD_PREFIX, SCORES, SEED, check_tensors, gradient_model, image_input
-from onnxcam.runtime import cached_model, choose_providers, make_session, model_key
+from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
 
 Targets = None | int | Sequence[int] | np.ndarray | Sequence[Any]  # Any: onnxcam.targets objects
 
@@ -53,7 +53,7 @@ class GradientRunner:
         self.session = make_session(path, self.providers)
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
         # a float64 model takes a float64 seed
-        self._seed_dtype = _DTYPES.get(next(i for i in self.session.get_inputs() if i.name == SEED).type, np.float32)
+        self._seed_dtype = seed_dtype(self.session)
 
     @cached_property
     def default_layer(self) -> str:
@@ -71,27 +71,36 @@ class GradientRunner:
         activations = dict(zip(self.layers, values[1:1 + count]))
         grads = dict(zip(self.layers, values[1 + count:1 + 2 * count]))
         input_grad = values[-1] if self.input_gradient else None
-        chosen = None
-        if scores.ndim == 2:
-            chosen = np.where(np.abs(seed).max(axis=1) > 0, seed.argmax(axis=1), scores.argmax(axis=1))
-        return GradientResult(scores, activations, grads, input_grad, chosen)
+        return GradientResult(scores, activations, grads, input_grad, explained_classes(seed, scores))
 
     def _seed(self, batch: int, targets: Targets) -> np.ndarray:
-        if isinstance(targets, np.ndarray) and np.issubdtype(targets.dtype, np.floating):  # a raw seed
-            if targets.shape[0] != batch:
-                raise InputError(f"the seed has {targets.shape[0]} rows for a batch of {batch}")
-            return targets.astype(np.float32)
-        shape = self.score_shape
-        if shape is None or len(shape) != 2:
-            raise InputError(f"the score output '{self.output}' has shape {_describe(shape)}, not (N, classes); "
-                             "pass targets as a seed array shaped like that output")
-        if not isinstance(shape[1], int):
-            raise InputError("the number of classes is dynamic in this model; pass a seed array as targets")
-        seed = np.zeros((batch, shape[1]), np.float32)
-        ids = target_ids(targets, batch, shape[1])
-        if ids is not None:
-            seed[np.arange(batch), ids] = 1.0
-        return seed
+        return class_seed(targets, batch, self.score_shape, self.output)
+
+
+def class_seed(targets: Targets, batch: int, score_shape: Shape | None, output: str) -> np.ndarray:
+    """The seed input of a rewritten model: a float array given as targets is the seed itself; class ids become
+    one-hot rows; None gives rows of zeros (the graph then picks each image's predicted class)."""
+    if isinstance(targets, np.ndarray) and np.issubdtype(targets.dtype, np.floating):  # a raw seed
+        if targets.shape[0] != batch:
+            raise InputError(f"the seed has {targets.shape[0]} rows for a batch of {batch}")
+        return targets.astype(np.float32)
+    if score_shape is None or len(score_shape) != 2:
+        raise InputError(f"the score output '{output}' has shape {_describe(score_shape)}, not (N, classes); "
+                         "pass targets as a seed array shaped like that output")
+    if not isinstance(score_shape[1], int):
+        raise InputError("the number of classes is dynamic in this model; pass a seed array as targets")
+    seed = np.zeros((batch, score_shape[1]), np.float32)
+    ids = target_ids(targets, batch, score_shape[1])
+    if ids is not None:
+        seed[np.arange(batch), ids] = 1.0
+    return seed
+
+
+def explained_classes(seed: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
+    """The class each row of a run explained: the seed's selection, or the predicted class for a zero row."""
+    if scores.ndim != 2:
+        return None
+    return np.where(np.abs(seed).max(axis=1) > 0, seed.argmax(axis=1), scores.argmax(axis=1))
 
 
 def target_ids(targets: Targets, batch: int, classes: int) -> np.ndarray | None:
@@ -111,8 +120,13 @@ def target_ids(targets: Targets, batch: int, classes: int) -> np.ndarray | None:
     return ids.astype(np.int64)
 
 
-_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-           "tensor(uint8)": np.uint8}
+NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+                "tensor(uint8)": np.uint8}
+
+
+def seed_dtype(session: Session) -> np.dtype:
+    """The dtype of a rewritten model's seed input (a float64 model takes a float64 seed)."""
+    return np.dtype(NUMPY_DTYPES.get(next(i for i in session.get_inputs() if i.name == SEED).type, np.float32))
 
 
 def check_input(x: Any, name: str, expected: Shape | None, onnx_type: str) -> np.ndarray:
@@ -128,7 +142,7 @@ def check_input(x: Any, name: str, expected: Shape | None, onnx_type: str) -> np
             if isinstance(want, int) and want > 0 and got != want:
                 raise InputError(f"x has shape {array.shape} but input '{name}' expects {_describe(expected)}: "
                                  f"axis {axis} must be {want}{_layout_hint(array.shape, expected)}")
-    return np.ascontiguousarray(array, dtype=_DTYPES.get(onnx_type, np.float32))
+    return np.ascontiguousarray(array, dtype=NUMPY_DTYPES.get(onnx_type, np.float32))
 
 
 def _layout_hint(got: tuple[int, ...], expected: Shape) -> str:

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxcam.errors import InputError
-from onnxcam.gradients import Targets, check_input, target_ids
+from onnxcam.gradients import Targets, check_input, class_seed, explained_classes, seed_dtype
 from onnxcam.graph.builder import Shape, _static_shapes
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.load import ModelSource, load_model
@@ -58,6 +57,7 @@ class RelevanceRunner:
                                                          probabilities, self.options, initial).model)
         self.session = make_session(path, choose_providers(device, providers))
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
+        self._seed_dtype = seed_dtype(self.session)
 
     def run(self, x: np.ndarray, targets: Targets = None) -> RelevanceResult:
         x = check_input(x, self.input_name, self.input_shape, self._input_dtype)
@@ -70,25 +70,10 @@ class RelevanceRunner:
         activations = dict(zip(self.layers, values[1:1 + count]))
         relevance = dict(zip(self.layers, values[1 + count:1 + 2 * count]))
         pixels = values[-1] if self.input_relevance else None
-        chosen = None
-        if scores.ndim == 2:
-            chosen = np.where(np.abs(seed).max(axis=1) > 0, seed.argmax(axis=1), scores.argmax(axis=1))
-        return RelevanceResult(scores, activations, relevance, pixels, chosen)
+        return RelevanceResult(scores, activations, relevance, pixels, explained_classes(seed, scores))
 
     def _seed(self, batch: int, targets: Targets) -> np.ndarray:
-        if isinstance(targets, np.ndarray) and np.issubdtype(targets.dtype, np.floating):  # a raw seed
-            if targets.shape[0] != batch:
-                raise InputError(f"the seed has {targets.shape[0]} rows for a batch of {batch}")
-            return targets.astype(np.float32)
-        shape = self.score_shape
-        if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
-            raise InputError(f"the score output '{self.output}' is not (N, classes) with a fixed class count; "
-                             "pass targets as a float seed array shaped like that output")
-        seed = np.zeros((batch, shape[1]), np.float32)
-        ids = target_ids(targets, batch, shape[1])
-        if ids is not None:
-            seed[np.arange(batch), ids] = 1.0
-        return seed
+        return class_seed(targets, batch, self.score_shape, self.output).astype(self._seed_dtype, copy=False)
 
 
 def relevance(model: ModelSource, x: np.ndarray, targets: Targets = None, layers: str | Sequence[str] | None = None,

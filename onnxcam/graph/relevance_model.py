@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import onnx
-from onnx import helper
 
 from onnxcam.errors import InputError
 from onnxcam.graph.autodiff import backward
@@ -22,7 +21,7 @@ from onnxcam.graph.builder import Builder
 from onnxcam.graph.catalogue import find_score
 from onnxcam.graph.load import default_opset
 from onnxcam.graph.relevance import LrpOptions, rule_table
-from onnxcam.graph.rewrite import SCORES, SEED, _add_outputs, _effective_seed, _live, check_tensors, image_input
+from onnxcam.graph.rewrite import SCORES, SEED, _effective_seed, check_tensors, finish_outputs, image_input
 
 RELEVANCE_PREFIX = "onnxcam_relevance:"
 INITIAL_RELEVANCE = ("contrastive", "score", "seed")
@@ -61,17 +60,7 @@ def relevance_model(model: onnx.ModelProto, layers: Sequence[str], input_relevan
     relevance = backward(b, forward_nodes, score, score_seed, wrt, rule_table(options), kind="relevance")
     result = RelevanceModel(rewritten, score, chosen)
     result.activations = {name: name for name in wrt}
-    result.relevance = {name: RELEVANCE_PREFIX + name for name in wrt}
-    b.nodes.extend(helper.make_node("Identity", [relevance[n]], [result.relevance[n]], name=f"onnxcam/rel_{n}")
-                   for n in wrt)
-    b.nodes.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
-    nodes, initializers = _live(*b.finish(), {SCORES, *result.relevance.values()})
-    graph.node.extend(nodes)
-    graph.initializer.extend(initializers)
-    outputs = {SCORES: (b.elem_type(chosen), b.static_shape(chosen))}
-    for name in wrt:
-        outputs[name] = outputs[result.relevance[name]] = (b.elem_type(name), b.static_shape(name))
-    _add_outputs(rewritten, outputs)
+    result.relevance = finish_outputs(b, rewritten, scores, chosen, relevance, RELEVANCE_PREFIX)
     return result
 
 

@@ -90,18 +90,26 @@ def gradient_model(model: onnx.ModelProto, layers: Sequence[str], input_gradient
     grads = backward(b, forward_nodes, score, score_seed, wrt)
     result = GradientModel(rewritten, score, chosen)
     result.activations = {name: name for name in wrt}
-    result.gradients = {name: GRAD_PREFIX + name for name in wrt}
-    b.nodes.extend(helper.make_node("Identity", [grads[n]], [result.gradients[n]], name=f"onnxcam/out_{n}")
-                   for n in wrt)
-    b.nodes.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
-    nodes, initializers = _live(*b.finish(), {SCORES, *result.gradients.values()})
-    graph.node.extend(nodes)
-    graph.initializer.extend(initializers)
-    outputs = {SCORES: (b.elem_type(chosen), b.static_shape(chosen))}
-    for name in wrt:
-        outputs[name] = outputs[result.gradients[name]] = (b.elem_type(name), b.static_shape(name))
-    _add_outputs(rewritten, outputs)
+    result.gradients = finish_outputs(b, rewritten, scores, chosen, grads, GRAD_PREFIX)
     return result
+
+
+def finish_outputs(b: Builder, rewritten: onnx.ModelProto, scores: str, chosen: str, computed: dict[str, str],
+                   prefix: str) -> dict[str, str]:
+    """Expose the scores, each tensor in `computed` and what was computed for it (as <prefix><tensor>) as graph
+    outputs, keeping only the emitted nodes that reach them; returns tensor -> output name."""
+    names = {name: prefix + name for name in computed}
+    b.nodes.extend(helper.make_node("Identity", [computed[n]], [names[n]], name=f"onnxcam/out_{prefix}{n}")
+                   for n in computed)
+    b.nodes.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
+    nodes, initializers = _live(*b.finish(), {SCORES, *names.values()})
+    rewritten.graph.node.extend(nodes)
+    rewritten.graph.initializer.extend(initializers)
+    outputs = {SCORES: (b.elem_type(chosen), b.static_shape(chosen))}
+    for name in computed:
+        outputs[name] = outputs[names[name]] = (b.elem_type(name), b.static_shape(name))
+    _add_outputs(rewritten, outputs)
+    return names
 
 
 def _live(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
