@@ -18,10 +18,8 @@ import onnx
 from onnxcam.errors import InputError
 from onnxcam.graph.autodiff import backward
 from onnxcam.graph.builder import Builder
-from onnxcam.graph.catalogue import find_score
-from onnxcam.graph.load import default_opset
 from onnxcam.graph.relevance import LrpOptions, rule_table
-from onnxcam.graph.rewrite import SCORES, SEED, _effective_seed, check_tensors, finish_outputs, image_input
+from onnxcam.graph.rewrite import SCORES, SEED, finish_outputs, prepare_reverse
 
 RELEVANCE_PREFIX = "onnxcam_relevance:"
 INITIAL_RELEVANCE = ("contrastive", "score", "seed")
@@ -44,23 +42,14 @@ def relevance_model(model: onnx.ModelProto, layers: Sequence[str], input_relevan
     """Add relevance propagation from the score to `layers` (and to the image input when asked)."""
     if initial not in INITIAL_RELEVANCE:
         raise InputError(f"unknown initial relevance '{initial}'; use one of {', '.join(INITIAL_RELEVANCE)}")
-    check_tensors(model, layers)
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(model)
-    graph = rewritten.graph
-    score, chosen = find_score(rewritten, output, probabilities)
-    b = Builder(graph, default_opset(rewritten))
-    forward_nodes = list(graph.node)
-    scores = b.op("Identity", score) if score == chosen else b.op("Reshape", score, b.op("Shape", chosen))
-    b.set_shape(scores, b.static_shape(chosen), b.elem_type(chosen))
-    selection = _effective_seed(b, scores, graph, chosen)
-    start = _initial(b, selection, scores, initial)
-    score_seed = start if score == chosen else b.op("Reshape", start, b.op("Shape", score))
-    wrt = list(dict.fromkeys(list(layers) + ([image_input(rewritten)] if input_relevance else [])))
-    relevance = backward(b, forward_nodes, score, score_seed, wrt, rule_table(options), kind="relevance")
-    result = RelevanceModel(rewritten, score, chosen)
+    r = prepare_reverse(model, layers, output, probabilities)
+    wrt = r.targets(layers, input_relevance)
+    start = _initial(r.builder, r.selection, r.scores, initial)
+    relevance = backward(r.builder, r.forward_nodes, r.score, r.at_score(start), wrt, rule_table(options),
+                         kind="relevance")
+    result = RelevanceModel(r.model, r.score, r.chosen)
     result.activations = {name: name for name in wrt}
-    result.relevance = finish_outputs(b, rewritten, scores, chosen, relevance, RELEVANCE_PREFIX)
+    result.relevance = finish_outputs(r.builder, r.model, r.scores, r.chosen, relevance, RELEVANCE_PREFIX)
     return result
 
 

@@ -71,9 +71,28 @@ def expose(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     return out
 
 
-def gradient_model(model: onnx.ModelProto, layers: Sequence[str], input_gradient: bool = False,
-                   output: str | None = None, probabilities: bool = False) -> GradientModel:
-    """Add the backward pass from the score to `layers` (and to the image input when asked)."""
+@dataclass
+class Reverse:
+    """A copy of the model ready for a reverse pass from its score (gradients or relevance)."""
+    model: onnx.ModelProto
+    builder: Builder
+    forward_nodes: list[onnx.NodeProto]
+    score: str          # the tensor the walker starts from (before a Softmax/Sigmoid)
+    chosen: str         # the score output users see
+    scores: str         # the score reshaped like `chosen`
+    selection: str      # the seed input, zero rows replaced in-graph by the predicted class
+
+    def at_score(self, seed: str) -> str:
+        """A seed built like `scores`, reshaped to the walker's `score` (keeps the users' scores 2-D)."""
+        return seed if self.score == self.chosen else self.builder.op("Reshape", seed,
+                                                                      self.builder.op("Shape", self.score))
+
+    def targets(self, layers: Sequence[str], with_input: bool) -> list[str]:
+        return list(dict.fromkeys(list(layers) + ([image_input(self.model)] if with_input else [])))
+
+
+def prepare_reverse(model: onnx.ModelProto, layers: Sequence[str], output: str | None = None,
+                    probabilities: bool = False) -> Reverse:
     check_tensors(model, layers)
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
@@ -83,14 +102,18 @@ def gradient_model(model: onnx.ModelProto, layers: Sequence[str], input_gradient
     forward_nodes = list(graph.node)
     scores = b.op("Identity", score) if score == chosen else b.op("Reshape", score, b.op("Shape", chosen))
     b.set_shape(scores, b.static_shape(chosen), b.elem_type(chosen))
-    seed = _effective_seed(b, scores, graph, chosen)
-    # The walker differentiates `score`; reshaping the seed back to its shape keeps scores 2-D for users.
-    score_seed = seed if score == chosen else b.op("Reshape", seed, b.op("Shape", score))
-    wrt = list(dict.fromkeys(list(layers) + ([image_input(rewritten)] if input_gradient else [])))
-    grads = backward(b, forward_nodes, score, score_seed, wrt)
-    result = GradientModel(rewritten, score, chosen)
+    return Reverse(rewritten, b, forward_nodes, score, chosen, scores, _effective_seed(b, scores, graph, chosen))
+
+
+def gradient_model(model: onnx.ModelProto, layers: Sequence[str], input_gradient: bool = False,
+                   output: str | None = None, probabilities: bool = False) -> GradientModel:
+    """Add the backward pass from the score to `layers` (and to the image input when asked)."""
+    r = prepare_reverse(model, layers, output, probabilities)
+    wrt = r.targets(layers, input_gradient)
+    grads = backward(r.builder, r.forward_nodes, r.score, r.at_score(r.selection), wrt)
+    result = GradientModel(r.model, r.score, r.chosen)
     result.activations = {name: name for name in wrt}
-    result.gradients = finish_outputs(b, rewritten, scores, chosen, grads, GRAD_PREFIX)
+    result.gradients = finish_outputs(r.builder, r.model, r.scores, r.chosen, grads, GRAD_PREFIX)
     return result
 
 
