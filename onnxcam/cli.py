@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -81,6 +82,21 @@ def _method_options(methods: list[str], given: list[str]) -> dict[str, dict[str,
         raise InputError(f"--option {', '.join(sorted(unused))}: no chosen method takes it "
                          f"({', '.join(methods)}); see the method's docs")
     return {m: o for m, o in per_method.items() if o}
+
+
+def explain_progress() -> tuple[Progress, Callable[[int], None], Callable[[Any], None]]:
+    """The explain commands' progress bar (count, images/s, elapsed, ETA) with its on_start / on_image hooks;
+    it starts when the image count is known."""
+    progress = Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+                        transient=False)
+    task_id = progress.add_task("explain", total=None)
+
+    def on_start(total: int) -> None:
+        progress.update(task_id, total=total)
+        progress.start()
+
+    return progress, on_start, lambda _record: progress.advance(task_id)
 
 
 def _quiet_opencv() -> None:
@@ -177,16 +193,8 @@ def explain(
 
     _quiet_opencv()
     methods = [m.strip() for item in method for m in item.split(",") if m.strip()]
-    progress = Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
-                        transient=False)
-    task_id = progress.add_task("explain", total=None)
+    progress, on_start, on_image = explain_progress()
     start = time.perf_counter()
-
-    def on_start(total: int) -> None:
-        progress.update(task_id, total=total)
-        progress.start()
-
     try:
         method_options = fit_options(model, methods, fit) or {}  # a wrong or missing fit file: usage error
         for name, options in _method_options(methods, option).items():
@@ -197,7 +205,7 @@ def explain(
                 preset=preset, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), size=_size(size), bgr=bgr,
                 grid=parse_grid(grid) if grid else None, extra_tokens=extra_tokens,
                 labels=labels, device=device, alpha=alpha, colormap=colormap, resume=resume, scale=scale,
-                on_start=on_start, on_image=lambda _rec: progress.advance(task_id),
+                on_start=on_start, on_image=on_image,
                 engine=engine, address=address, workers=workers, method_options=method_options)
         finally:
             progress.stop()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import onnx
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from onnxcam.cli import _fail, _floats, _quiet_opencv, _size, console, err_console
+from onnxcam.cli import _fail, _floats, _quiet_opencv, _size, console, err_console, explain_progress
 from onnxcam.errors import OnnxcamError
 from onnxcam.targets import TASKS, guess_task
 
@@ -53,21 +52,14 @@ def explain_task(model: Path, inputs: list[str], method: list[str], layer: str |
 
     _quiet_opencv()
     methods = [m.strip() for item in method for m in item.split(",") if m.strip()]
-    progress = Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err_console, transient=False)
-    task_id = progress.add_task("explain", total=None)
+    progress, on_start, on_image = explain_progress()
     start = time.perf_counter()
-
-    def on_start(total: int) -> None:
-        progress.update(task_id, total=total)
-        progress.start()
-
     try:
         try:
             summary = explain_tasks(model, inputs, out, task, methods, layer, target, mask, box, threshold,
                                     reference, batch_size, preset, _floats(mean, "--mean"), _floats(std, "--std"),
                                     _size(size), bgr, scale, labels, device, alpha, colormap, on_start=on_start,
-                                    on_image=lambda _rec: progress.advance(task_id),
+                                    on_image=on_image,
                                     on_note=_note)
         finally:
             progress.stop()
