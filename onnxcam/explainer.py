@@ -279,27 +279,32 @@ class Explainer:
             len(batch), -1)
 
     def _head_scores_fn(self, layer: str, x: np.ndarray) -> Any:
-        def head_scores(features: np.ndarray, image: int, scale: np.ndarray | None = None) -> np.ndarray:
-            """Scores of the head for a batch of features (B, K, h, w); with `scale` (B, K, 1, 1), of one image's
-            features (1, K, h, w) times each scale row, built inside the runtime."""
-            session, extra = self._head_session(layer, scale is not None)
-            feeds = {layer: np.ascontiguousarray(self._from_nchw(layer, features, image), np.float32)}
-            batch = len(features) if scale is None else len(scale)
-            if scale is not None:
-                feeds[SCALE] = np.ascontiguousarray(self._from_nchw(layer, scale, image, per_channel=True), np.float32)
-            if extra:
-                values = self._forward_session(tuple(extra)).run(extra, {self.input_name: x[image:image + 1]})
-                for name, value in zip(extra, values):
-                    # per-image activations go with each row; integer tensors (shapes, gather indices that
-                    # exporters compute from shapes, e.g. torch's dynamo Swin) are not per image
-                    per_image = value.shape[:1] == (1,) and np.issubdtype(value.dtype, np.floating)
-                    feeds[name] = np.repeat(value, batch, axis=0) if per_image else value
-            scores = session.run([self.score], feeds)[0]
-            if len(scores) != batch and batch > 1:  # the head's shapes were computed for one image: row by row
-                return np.concatenate([head_scores(features if scale is not None else features[j:j + 1], image,
-                                                   None if scale is None else scale[j:j + 1]) for j in range(batch)])
-            return scores.reshape(batch, -1)
-        return head_scores
+        # a partial, not a closure calling itself: such a closure is a reference cycle, and cycles that hold
+        # batches are freed only when the cyclic collector happens to run (memory grew over long runs)
+        return functools.partial(self._head_scores, layer, x)
+
+    def _head_scores(self, layer: str, x: np.ndarray, features: np.ndarray, image: int,
+                     scale: np.ndarray | None = None) -> np.ndarray:
+        """Scores of the head for a batch of features (B, K, h, w); with `scale` (B, K, 1, 1), of one image's
+        features (1, K, h, w) times each scale row, built inside the runtime."""
+        session, extra = self._head_session(layer, scale is not None)
+        feeds = {layer: np.ascontiguousarray(self._from_nchw(layer, features, image), np.float32)}
+        batch = len(features) if scale is None else len(scale)
+        if scale is not None:
+            feeds[SCALE] = np.ascontiguousarray(self._from_nchw(layer, scale, image, per_channel=True), np.float32)
+        if extra:
+            values = self._forward_session(tuple(extra)).run(extra, {self.input_name: x[image:image + 1]})
+            for name, value in zip(extra, values):
+                # per-image activations go with each row; integer tensors (shapes, gather indices that
+                # exporters compute from shapes, e.g. torch's dynamo Swin) are not per image
+                per_image = value.shape[:1] == (1,) and np.issubdtype(value.dtype, np.floating)
+                feeds[name] = np.repeat(value, batch, axis=0) if per_image else value
+        scores = session.run([self.score], feeds)[0]
+        if len(scores) != batch and batch > 1:  # the head's shapes were computed for one image: row by row
+            return np.concatenate([self._head_scores(layer, x, features if scale is not None else features[j:j + 1],
+                                                     image, None if scale is None else scale[j:j + 1])
+                                   for j in range(batch)])
+        return scores.reshape(batch, -1)
 
     def _channel_ablation_fn(self, cut: str, pooled: np.ndarray, x: np.ndarray) -> Any:
         head_scores = self._head_scores_fn(cut, x)

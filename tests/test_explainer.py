@@ -1,5 +1,7 @@
 """Explainer end to end on small models: output contract, layouts, options, and bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from toy_models import nhwc_cnn, tiny_cnn
@@ -101,3 +103,24 @@ def test_explain_scored_returns_the_runs_scores(nhwc, method, aug):
     np.testing.assert_array_equal(maps, nhwc.explain(x, method, aug_smooth=aug))
     _, _, fixed = nhwc.explain_scored(x, method, targets=[3, 0], aug_smooth=aug)
     np.testing.assert_array_equal(fixed, [3, 0])
+
+
+@pytest.mark.parametrize("method", ["gradcam", "ablationcam", "scorecam", "relevancecam", "eigencam"])
+def test_batches_are_freed_without_the_cycle_collector(method):
+    """No reference cycle may hold a batch: cycles are freed only when Python's cyclic collector runs, which numpy
+    allocations do not trigger, so memory grew over long runs (a self-calling closure did this)."""
+    import gc
+    import weakref
+
+    ex = Explainer(Path(__file__).resolve().parent.parent / "models" / "shapes_resnet.onnx")
+    x = np.random.default_rng(0).random((2, 3, 96, 96), np.float32)
+    ex.explain(x.copy(), method)  # sessions made outside the check
+    gc.disable()
+    try:
+        batch = x.copy()
+        ref = weakref.ref(batch)
+        ex.explain(batch, method, **({"batch_size": 16, "channels": 8} if method == "scorecam" else {}))
+        del batch
+        assert ref() is None, "a reference cycle keeps the batch alive"
+    finally:
+        gc.enable()
