@@ -353,7 +353,8 @@ def methods() -> None:
         table.add_column(column)
     for m in sorted(METHODS.values(), key=lambda m: (m.family, m.name)):
         needs_grad = m.needs != "activations" or m.family == "gradient"
-        table.add_row(Text(m.name), m.family, "yes" if needs_grad else "no", Text(m.cost), Text(m.paper))
+        column = "relevance rules" if m.needs == "relevance" else "yes" if needs_grad else "no"
+        table.add_row(Text(m.name), m.family, column, Text(m.cost), Text(m.paper))
     from onnxcam.methods import COMPOSERS  # methods on top of any base: one row each (conceptor-<base>)
 
     for c in COMPOSERS.values():
