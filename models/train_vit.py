@@ -80,14 +80,14 @@ class ShapesViT(nn.Module):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train", type=int, default=12000, help="training images")
+    parser.add_argument("--train", type=int, default=20000, help="training images")
     parser.add_argument("--test", type=int, default=1000, help="held-out test images")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--depth", type=int, default=4, help="transformer blocks")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=st.HERE / "shapes_vit.onnx")
     args = parser.parse_args(argv)
 
