@@ -171,12 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=None,
                         help="training images (default: 2000 segment, 2500 detect: the committed models)")
     parser.add_argument("--test", type=int, default=400)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="default: 40 segment, 6 detect: the committed models")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     args.train = args.train or (2000 if args.task == "segment" else 2500)
+    args.epochs = args.epochs or (40 if args.task == "segment" else 6)
     torch.manual_seed(TORCH_SEED)
     torch.set_num_threads(args.threads)
     train_x, train_maps, train_objects = data(args.train, TRAIN_SEED)
