@@ -74,6 +74,20 @@ class Summary:
     total_records: int = 0
     _kept_ok: int = 0
 
+    def log_image(self, records: list[dict[str, Any]], log: Any) -> None:
+        """One image's records: appended to the open results log (flushed, so a kill loses no finished image)
+        and counted as failed, skipped or done."""
+        for rec in records:
+            self.add(rec)
+            log.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        log.flush()
+        if any(r["status"] == "failed" for r in records):
+            self.failed += 1
+        elif records[0]["status"] == "skipped":
+            self.skipped += 1
+        else:
+            self.done += 1
+
     def add(self, record: dict[str, Any]) -> None:
         self.total_records += 1
         if record.get("status") == "failed":
@@ -199,16 +213,7 @@ def explain_images(model: ModelSource, inputs: Sequence[str | os.PathLike], out:
     partial = out_dir / (RESULTS + ".partial")
     with open(partial, "w", encoding="utf-8") as log:
         def emit(records: list[dict[str, Any]]) -> None:
-            for rec in records:
-                summary.add(rec)
-                log.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            log.flush()
-            if any(r["status"] == "failed" for r in records):
-                summary.failed += 1
-            elif records[0]["status"] == "skipped":
-                summary.skipped += 1
-            else:
-                summary.done += 1
+            summary.log_image(records, log)
             if on_image:
                 on_image(records[0])
 

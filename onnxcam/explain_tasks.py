@@ -9,7 +9,6 @@ OUT/report.html. Images run in batches; a failing image is recorded and the run 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -128,14 +127,7 @@ def explain_tasks(model: ModelSource, inputs: Sequence[str | os.PathLike], out: 
                         records[i] = [_failed(job.path, job.name, str(e), methods)]
             for i in range(len(chunk)):
                 recs = records[i]
-                for rec in recs:
-                    summary.add(rec)
-                    log.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                log.flush()
-                if any(r["status"] == "failed" for r in recs):
-                    summary.failed += 1
-                else:
-                    summary.done += 1
+                summary.log_image(recs, log)
                 if on_image:
                     on_image(recs[0])
     os.replace(out_dir / (RESULTS + ".partial"), out_dir / RESULTS)
