@@ -141,6 +141,11 @@ class Explainer:
         """A content hash (sha256) of the model: files fitted to one model (BroadCAM) are refused by another."""
         return model_key(self.model)
 
+    @functools.cached_property
+    def _biases(self) -> dict[str, np.ndarray]:
+        """FullGrad's biased Conv/BN outputs (a walk over the graph): found once, not per batch."""
+        return layer_biases(self.model, self.score)
+
     def scores(self, x: np.ndarray) -> np.ndarray:
         """The score tensor (logits by default) for a batch, (N, classes)."""
         session = self._forward_session(())
@@ -151,7 +156,7 @@ class Explainer:
     def _evidence(self, x: np.ndarray, targets: Targets, layers: list[str], needs: str,
                   options: dict[str, Any] | None = None) -> list[Evidence]:
         # "input_gradient" (FullGrad): also the gradients at every biased Conv/BN output and at the input
-        biases = layer_biases(self.model, self.score) if needs == "input_gradient" else {}
+        biases = self._biases if needs == "input_gradient" else {}
         input_grad = None
         objects, targets = self._target_seeds(x, targets)  # target objects: their seeds replace `targets`
         if needs in ("gradients", "input_gradient"):
