@@ -4,11 +4,17 @@ __version__ = "0.1.0"
 
 from onnxcam.errors import GradientError, InputError, LayerError, ModelError, OnnxcamError  # noqa: E402
 from onnxcam.explainer import Explainer  # noqa: E402
-from onnxcam.gradients import GradientResult, GradientRunner, gradients  # noqa: E402
 from onnxcam.methods import METHODS as methods  # noqa: E402
-from onnxcam.relevance import RelevanceResult, RelevanceRunner, relevance  # noqa: E402
+from onnxcam.runners import (  # noqa: E402
+    GradientResult,
+    RelevanceResult,
+    ReverseResult,
+    ReverseRunner,
+    gradients,
+    relevance,
+)
 
 __all__ = [
-    "Explainer", "GradientError", "GradientResult", "GradientRunner", "InputError", "LayerError", "ModelError",
-    "OnnxcamError", "RelevanceResult", "RelevanceRunner", "__version__", "gradients", "methods", "relevance",
+    "Explainer", "GradientError", "GradientResult", "InputError", "LayerError", "ModelError", "OnnxcamError",
+    "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "gradients", "methods", "relevance",
 ]

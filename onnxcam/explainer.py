@@ -1,102 +1,174 @@
-"""`onnxcam.Explainer`: class activation maps for an ONNX model, one session per need, reused across calls."""
+"""`onnxcam.Explainer`: class activation maps for an ONNX model: evidence -> method -> combine / normalise."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from onnxcam.errors import InputError, LayerError
-from onnxcam.gradients import GradientRunner, Targets, check_input, target_ids
-from onnxcam.graph.builder import _static_shapes
-from onnxcam.graph.catalogue import catalogue, default_layer, find_score
-from onnxcam.graph.dense import head_input, nms_classes, prefer_pre_nms, selection_nodes
-from onnxcam.graph.head import SCALE, extract_head, pooled_channels
-from onnxcam.graph.load import ModelSource, load_model
-from onnxcam.graph.rewrite import check_tensors, expose, image_input
-from onnxcam.images import Preprocessing, blank_input, model_labels, model_metadata, resolve_preprocessing
-from onnxcam.methods import Evidence, get_method
-from onnxcam.methods.fullgrad import layer_biases
-from onnxcam.methods.heads import linear_head_weights
+from onnxcam.errors import InputError
+from onnxcam.evidence import EvidenceBuilder, ModelView
+from onnxcam.graph.load import ModelSource
+from onnxcam.images import Preprocessing, model_labels
+from onnxcam.methods import Evidence, Method, get_method
 from onnxcam.methods.postprocess import combine, normalise
-from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
-from onnxcam.targets import (
-    CLASS_ONLY_METHODS,
-    ClassifierOutputTarget,
-    DetectionLayout,
-    Target,
-    categories,
-    guess_detection_layout,
-    guess_task,
-    is_target_objects,
-    resolve_targets,
-    seeds,
-)
-from onnxcam.tokens import TOKEN_LAYOUTS, TokenOptions, TokenView, check_batch, runtime_layout, token_view
+from onnxcam.runners import Targets, target_ids
+from onnxcam.targets import CLASS_ONLY_METHODS, ClassifierOutputTarget, DetectionLayout, is_target_objects
 
 
 class Explainer:
-    """Explain an ONNX image model.
+    """Explain an ONNX image model with any method of `onnxcam.methods`.
 
-    layer: a tensor name or a list of them (maps are averaged over layers); None picks `default_layer`.
+    model: a path, bytes or a loaded onnx.ModelProto. layer: a tensor name or a list of them (maps are averaged
+    over layers); None picks `default_layer`. device: auto, cpu, cuda or tensorrt (or `providers`, onnxruntime's
+    list). output / probabilities: which output to explain and whether to differentiate after its
+    Softmax/Sigmoid. grid / extra_tokens / extra_tokens_at: token layers of transformers where inference is
+    ambiguous: the patch grid (h, w), the number of class/distillation/register tokens, "start" or "end".
+
+    Sessions are made on first use and kept; use the explainer as a context manager (or call `close`) to release
+    them. Example::
+
+        with onnxcam.Explainer("resnet50.onnx") as ex:
+            x = ex.preprocess([rgb_image])            # (1, 3, 224, 224) float32, the model's own layout
+            maps = ex.explain(x, "gradcam++", targets=["tabby"])   # (1, 224, 224) in [0, 1]
     """
 
     def __init__(self, model: ModelSource, layer: str | Sequence[str] | None = None,
                  providers: Sequence[str] | None = None, device: str = "auto", output: str | None = None,
                  probabilities: bool = False, grid: tuple[int, int] | None = None, extra_tokens: int | None = None,
                  extra_tokens_at: str = "start") -> None:
-        # grid / extra_tokens / extra_tokens_at: token layers of transformers, where inference is ambiguous
-        # (onnxcam.tokens): the patch grid (h, w), how many class/distillation/register tokens, "start" or "end"
-        self._token_options = TokenOptions(grid, extra_tokens, extra_tokens_at)
-        self._token_views: dict[str, TokenView] = {}
-        self.model = load_model(model)
-        # a detector with NMS inside: explain the raw predictions before it (notes say so)
-        self.model, output, self.notes = prefer_pre_nms(self.model, output)
-        self.tensors = catalogue(self.model)
-        self.score, self.output = find_score(self.model, output, probabilities)
-        self._output_option, self._probabilities = output, probabilities
-        self.layers = [t.name for t in self.tensors if t.spatial and t.op_type]
-        self.default_layer = default_layer(self.model, self.score, self.tensors)
-        if self.task in ("segment", "detect"):  # the last spatial map is the class head itself: take its input
-            self.default_layer = head_input(self.model, self.score, self.tensors) or self.default_layer
-        chosen = [self.default_layer] if layer is None else [layer] if isinstance(layer, str) else list(layer)
-        check_tensors(self.model, chosen)
-        self.layer = chosen
-        self.providers = choose_providers(device, providers)
-        self.input_name = image_input(self.model)
-        info = next(t for t in self.tensors if t.name == self.input_name)
-        self.input_shape = info.shape
-        self.input_layout = info.layout or "NCHW"
-        self._layouts = {t.name: t.layout for t in self.tensors}
-        self._sessions: dict[Any, Any] = {}
-        self._preprocessing: Preprocessing | None = None
-        self._gradient_runners: dict[tuple[tuple[str, ...], bool], GradientRunner] = {}
-        self._heads: dict[str, np.ndarray | None] = {}
-        self._pooled_cuts: dict[str, str | None] = {}
-        value = next(i for i in self.model.graph.input if i.name == self.input_name)
-        self._input_type = {1: "tensor(float)", 11: "tensor(double)", 10: "tensor(float16)", 2: "tensor(uint8)"}.get(
-            value.type.tensor_type.elem_type, "tensor(float)")
+        self.view = ModelView(model, layer, providers, device, output, probabilities, grid, extra_tokens,
+                              extra_tokens_at)
+        self._evidence = EvidenceBuilder(self.view)
+        self.options = {"layer": layer, "device": device, "output": output, "probabilities": probabilities,
+                        "grid": grid, "extra_tokens": extra_tokens, "extra_tokens_at": extra_tokens_at}
 
-    # --- public -------------------------------------------------------------------------------------------------
-    def explain(self, x: np.ndarray, method: str = "gradcam", targets: Targets = None,
+    # --- the model's facts (see ModelView) ------------------------------------------------------------------------
+    model = property(lambda self: self.view.model, doc="The loaded, normalised onnx.ModelProto.")
+    tensors = property(lambda self: self.view.tensors, doc="Every tensor's catalogue entry (shape, layout, op).")
+    score = property(lambda self: self.view.score, doc="The tensor differentiated (before a final Softmax).")
+    output = property(lambda self: self.view.output, doc="The model output explained.")
+    notes = property(lambda self: self.view.notes, doc="What onnxcam decided about the model (e.g. NMS skipped).")
+    layers = property(lambda self: self.view.layers, doc="Candidate spatial tensors, in graph order.")
+    default_layer = property(lambda self: self.view.default_layer, doc="The layer chosen automatically.")
+    layer = property(lambda self: self.view.layer, doc="The layers explained by default (a list).")
+    providers = property(lambda self: self.view.providers, doc="onnxruntime's execution providers in use.")
+    input_name = property(lambda self: self.view.input_name, doc="The image input's name.")
+    input_shape = property(lambda self: self.view.input_shape, doc="The image input's declared shape.")
+    input_layout = property(lambda self: self.view.input_layout, doc="NCHW or NHWC.")
+    task = property(lambda self: self.view.task, doc="classify, segment, detect or embed.")
+    model_id = property(lambda self: self.view.model_id, doc="A content hash of the model.")
+    classes = property(lambda self: self.view.classes, doc="The class count of an (N, classes) output, else None.")
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names from the model's metadata (None when it names none)."""
+        found = model_labels(self.model)
+        return found if found is not None and (self.classes is None or len(found) == self.classes) else None
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become this model's input (model metadata, else the imagenet preset); settable."""
+        return self.view.preprocessing
+
+    @preprocessing.setter
+    def preprocessing(self, spec: Preprocessing) -> None:
+        self.view.preprocessing = spec
+
+    def baseline(self) -> np.ndarray:
+        """The model input of a black image, broadcastable to a batch (see `preprocessing`)."""
+        return self.view.baseline()
+
+    def input_size(self, x: np.ndarray) -> tuple[int, int]:
+        return self.view.input_size(x)
+
+    def detection_layout(self, shape: Sequence[int]) -> DetectionLayout:
+        """The layout of one image's detector output of `shape`: the model's metadata, else guessed."""
+        return self.view.detection_layout(shape)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """The score tensor (logits by default) for a batch, (N, classes)."""
+        return np.concatenate([self.view.scores(part) for part in self._chunks(x)])
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """The score tensor of a batch in the output's own shape (N, ...) (before a final Softmax/Sigmoid)."""
+        return np.concatenate([self.view.outputs(part) for part in self._chunks(x)])
+
+    def close(self) -> None:
+        """Release the onnxruntime sessions (they are made again if the explainer is used afterwards)."""
+        self.view.close()
+
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- explaining -----------------------------------------------------------------------------------------------
+    def explain(self, x: np.ndarray, method: str = "gradcam", targets: Targets | Sequence[str] = None,
                 layer: str | Sequence[str] | None = None, aug_smooth: bool = False, eigen_smooth: bool = False,
                 **options: Any) -> np.ndarray:
-        """Maps (N, H, W) float32 in [0, 1] at the input's spatial size; x preprocessed, in the model's layout."""
+        """Maps (N, H, W) float32 in [0, 1] at the input's spatial size.
+
+        x: a preprocessed batch (N, C, H, W) or (N, H, W, C), the model's own layout (see `preprocess`).
+        targets: None (each image's predicted class), a class index or name, one per image, or onnxcam.targets
+        objects (segmentation regions, detections, similarity). options: the method's own (`onnxcam methods`).
+        """
         return self.explain_scored(x, method, targets, layer, aug_smooth, eigen_smooth, **options)[0]
 
-    def explain_scored(self, x: np.ndarray, method: str = "gradcam", targets: Targets = None,
+    def explain_scored(self, x: np.ndarray, method: str = "gradcam", targets: Targets | Sequence[str] = None,
                        layer: str | Sequence[str] | None = None, aug_smooth: bool = False,
                        eigen_smooth: bool = False, **options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As `explain`, plus the scores (N, classes) of x and the class explained per image, from the same run
         (callers that report scores need no second forward pass)."""
         spec = get_method(method)
+        method_options = spec.accepts(options)
         layers = self.layer if layer is None else [layer] if isinstance(layer, str) else list(layer)
         if layer is not None:
+            from onnxcam.graph.reverse.model import check_tensors
             check_tensors(self.model, layers)
-        x = self._check(x)
+        x = self.view.check(x)
+        targets = self._by_name(targets)
+        self._check_method(spec, targets, aug_smooth)
+        parts = [self._explain_part(x[s], spec, _slice_targets(targets, s, len(x)), layers, aug_smooth, eigen_smooth,
+                                    method_options) for s in self._slices(len(x))]
+        if len(parts) == 1:
+            return parts[0]
+        maps, scores, chosen = zip(*parts)
+        return np.concatenate(maps), np.concatenate(scores), np.concatenate(chosen)
+
+    def evidence(self, x: np.ndarray, targets: Targets = None, layers: str | Sequence[str] | None = None,
+                 method: str = "gradcam", **options: Any) -> list[Evidence]:
+        """What `method` sees for x: one `Evidence` per layer (activations, targets, scores and the fields the
+        method names in its `needs`). For inspecting or writing methods of your own."""
+        chosen = self.layer if layers is None else [layers] if isinstance(layers, str) else list(layers)
+        return self._evidence.build(self.view.check(x), self._by_name(targets), chosen, get_method(method), options)
+
+    def preprocess(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """RGB uint8 images (H, W, 3), any sizes, as one model-ready batch (see `preprocessing`)."""
+        from onnxcam.images import preprocess
+
+        batch = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
+        return np.concatenate([preprocess(np.asarray(image), self.preprocessing) for image in batch])
+
+    # --- internals ------------------------------------------------------------------------------------------------
+    def _explain_part(self, x: np.ndarray, spec: Method, targets: Any, layers: list[str], aug_smooth: bool,
+                      eigen_smooth: bool, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if aug_smooth:
+            return self._augmented(x, spec.name, targets, layers, eigen_smooth, options)
+        size = self.input_size(x)
+        per_layer = []
+        evidences = self._evidence.build(x, targets, layers, spec, options)
+        sign = options.get("eigen_sign", "activation")
+        for ev in evidences:
+            raw = combine(spec.fn(ev, **{k: v for k, v in options.items() if k != "eigen_sign"}), ev.activations,
+                          eigen_smooth, sign)
+            per_layer.append(normalise(raw, size))
+        maps = per_layer[0] if len(per_layer) == 1 else normalise(np.mean(per_layer, axis=0), size)
+        return maps, evidences[0].scores, evidences[0].targets
+
+    def _check_method(self, spec: Method, targets: Any, aug_smooth: bool) -> None:
         class_objects = isinstance(targets, (list, tuple)) and all(isinstance(t, ClassifierOutputTarget)
                                                                    for t in targets)
         if spec.name in CLASS_ONLY_METHODS and (self.task not in (None, "classify") or
@@ -105,302 +177,28 @@ class Explainer:
                              "probabilities); use gradcam, hirescam, scorecam, ablationcam or eigencam")
         if aug_smooth and (is_target_objects(targets) or self.task not in (None, "classify")):
             raise InputError("aug_smooth supports classifiers only (flips would move boxes and masks)")
-        if aug_smooth:
-            return self._augmented(x, method, targets, layers, eigen_smooth, options)
-        size = self.input_size(x)
-        per_layer = []
-        evidences = self._evidence(x, targets, layers, spec.needs, options)
-        for evidence in evidences:
-            result = spec.fn(evidence, **_options_for(spec.fn, options))
-            raw = combine(result, evidence.activations, eigen_smooth, options.get("eigen_sign", "activation"))
-            per_layer.append(normalise(raw, size))
-        maps = per_layer[0] if len(per_layer) == 1 else normalise(np.mean(per_layer, axis=0), size)
-        return maps, evidences[0].scores, evidences[0].targets
 
-    @property
-    def preprocessing(self) -> Preprocessing:
-        """How images become this model's input: set by the caller (the CLI does), else read from the model's
-        metadata with the imagenet preset as fallback. Masking methods and metrics fade images to its black."""
-        if self._preprocessing is None:
-            self._preprocessing = resolve_preprocessing(self.model, self.input_name, self.input_layout)
-        return self._preprocessing
+    def _by_name(self, targets: Any) -> Any:
+        """Class names among the targets become indices (the model's labels name them)."""
+        names = [targets] if isinstance(targets, str) else list(targets) if isinstance(targets, (list, tuple)) else []
+        if not any(isinstance(t, str) for t in names):
+            return targets
+        labels = self.labels
+        if labels is None:
+            raise InputError("targets given by name, but the model carries no class names; pass class indices")
+        from onnxcam.images import resolve_target
 
-    @preprocessing.setter
-    def preprocessing(self, spec: Preprocessing) -> None:
-        self._preprocessing = spec
+        ids = [resolve_target(t, labels, self.classes) if isinstance(t, str) else t for t in names]
+        return ids[0] if isinstance(targets, str) else ids
 
-    def baseline(self) -> np.ndarray:
-        """The model input of a black image, broadcastable to a batch (see `preprocessing`)."""
-        return blank_input(self.preprocessing)
+    def _slices(self, n: int) -> list[slice]:
+        """The batch split to the model's fixed batch size, where it has one (exports with batch 1)."""
+        limit = self.view.batch_limit
+        step = n if limit is None or limit >= n else limit
+        return [slice(i, i + step) for i in range(0, n, max(1, step))] or [slice(0, 0)]
 
-    def input_size(self, x: np.ndarray) -> tuple[int, int]:
-        return (x.shape[2], x.shape[3]) if self.input_layout == "NCHW" else (x.shape[1], x.shape[2])
-
-    @functools.cached_property
-    def model_id(self) -> str:
-        """A content hash (sha256) of the model: files fitted to one model (BroadCAM) are refused by another."""
-        return model_key(self.model)
-
-    @functools.cached_property
-    def _biases(self) -> dict[str, np.ndarray]:
-        """FullGrad's biased Conv/BN outputs (a walk over the graph): found once, not per batch."""
-        return layer_biases(self.model, self.score)
-
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        """The score tensor (logits by default) for a batch, (N, classes)."""
-        session = self._forward_session(())
-        values = session.run([self.score], {self.input_name: self._check(x)})
-        return values[0].reshape(len(x), -1)
-
-    # --- evidence -----------------------------------------------------------------------------------------------
-    def _evidence(self, x: np.ndarray, targets: Targets, layers: list[str], needs: str,
-                  options: dict[str, Any] | None = None) -> list[Evidence]:
-        # "input_gradient" (FullGrad): also the gradients at every biased Conv/BN output and at the input
-        biases = self._biases if needs == "input_gradient" else {}
-        input_grad = None
-        objects, targets = self._target_seeds(x, targets)  # target objects: their seeds replace `targets`
-        if needs in ("gradients", "input_gradient"):
-            runner = self._gradient_runner(list(dict.fromkeys([*layers, *biases])), needs == "input_gradient")
-            result = runner.run(x, targets)
-            input_grad = result.input_gradient
-            chosen = result.targets if objects is None else categories(objects)
-            assert chosen is not None
-            scores = result.scores.reshape(len(x), -1)
-            acts, grads = result.activations, result.gradients
-            if objects is not None:  # a zero seed is a zero gradient (in-graph, a zero row would mean "argmax")
-                flat = ~np.asarray(targets).reshape(len(x), -1).any(axis=1)
-                for grad in grads.values():
-                    grad[flat] = 0
-        elif needs == "relevance":  # Relevance-CAM: LRP relevance at the layers, from the relevance model
-            scores, chosen, acts, relevance = self._relevance(x, targets, layers, options or {})
-            grads = {}
-        else:
-            pooled = [p for p in (self._pooled(name) for name in layers) if p]
-            wanted = list(dict.fromkeys(layers + pooled))
-            values = self._forward_session(tuple(wanted)).run([self.score] + wanted, {self.input_name: x})
-            scores = values[0].reshape(len(x), -1)
-            ids = target_ids(targets, len(x), scores.shape[1]) if objects is None else categories(objects)
-            chosen = scores.argmax(axis=1) if ids is None else ids
-            acts = dict(zip(wanted, values[1:]))
-            grads = {}
-        out = []
-        for name in layers:
-            if self._layouts.get(name) is None:  # no static shape in the graph (dynamic exports): judge the values
-                self._layouts[name] = runtime_layout(acts[name].shape, self.input_size(x))
-            if self._layouts.get(name) in TOKEN_LAYOUTS:  # the grid of this batch, and its extra tokens
-                check_batch(name, acts[name], len(x))
-                self._token_views[name] = token_view(name, str(self._layouts[name]), acts[name], self.input_size(x),
-                                                     self._token_options)
-            evidence = Evidence(self._nchw(name, acts[name]), self._nchw(name, grads[name]) if grads else None,
-                                chosen, scores, x, name, input_size=self.input_size(x),
-                                input_layout=self.input_layout, baseline=self.baseline())
-            evidence.scores_of = self._scores_of
-            evidence.head_scores = self._head_scores_fn(name, x)
-            evidence.gradients_of = self._gradients_of_fn(name, chosen, objects)
-            if objects is not None:
-                evidence.target_objects, evidence.output_shape = objects, np.asarray(targets).shape[1:]
-            evidence.input_gradients_of = self._input_gradients_of
-            evidence.tensors_of = self._tensors_of_fn(x)
-            evidence.graph_outputs = tuple(o.name for o in self.model.graph.output)
-            evidence.model_id = self.model_id
-            cut = self._pooled(name) if name in acts and not grads and needs != "relevance" else None
-            if cut is not None and cut != self.score:  # the pooled vector is the score itself: no head to run
-                evidence.extras["channel_ablation"] = self._channel_ablation_fn(cut, acts[cut], x)
-            head = self._head_weights(name)
-            if head is not None:
-                evidence.extras["head_weights"] = head
-            if needs == "relevance":
-                evidence.extras["relevance"] = self._nchw(name, relevance[name])
-            if needs == "input_gradient":
-                evidence.extras["input_gradient"] = input_grad  # like x, in the model's layout
-                evidence.extras["bias_gradients"] = [(bias, grads[t]) for t, bias in biases.items()]  # Conv: NCHW
-            out.append(evidence)
-        return out
-
-    def _nchw(self, layer: str, array: np.ndarray) -> np.ndarray:
-        view = self._token_views.get(layer)
-        if view is not None and self._layouts.get(layer) in TOKEN_LAYOUTS:
-            return view.to_nchw(array)
-        if array.ndim != 4:
-            raise LayerError(f"layer '{layer}' has shape {array.shape}; CAM methods need a rank-4 feature map "
-                             f"(candidates: {', '.join(self.layers[-5:])})")
-        return array.transpose(0, 3, 1, 2) if self._layouts.get(layer) == "NHWC" else array
-
-    def _from_nchw(self, layer: str, array: np.ndarray, image: int = 0, per_channel: bool = False) -> np.ndarray:
-        """Features (B, K, h, w) back in the layer's layout; for token layers with image `image`'s extra tokens, or
-        a per-channel scale (B, K, 1, 1) shaped to broadcast over the tokens."""
-        view = self._token_views.get(layer)
-        if view is not None and self._layouts.get(layer) in TOKEN_LAYOUTS:
-            return view.channel_scale(array) if per_channel else view.from_nchw(array, image)
-        return array.transpose(0, 2, 3, 1) if self._layouts.get(layer) == "NHWC" else array
-
-    # --- sessions -----------------------------------------------------------------------------------------------
-    def _relevance(self, x: np.ndarray, targets: Targets, layers: list[str], options: dict[str, Any]
-                   ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Scores, targets, activations and LRP relevance at `layers` from one run of the relevance model built
-        with the method's graph options (rule, alpha, beta, epsilon, bias, first_layer, initial)."""
-        from onnxcam.graph.relevance import LrpOptions
-        from onnxcam.methods.relevance import GRAPH_OPTIONS
-        from onnxcam.relevance import RelevanceRunner
-
-        chosen_options = {k: options[k] for k in GRAPH_OPTIONS if k in options}
-        initial = chosen_options.pop("initial", "contrastive")
-        lrp = LrpOptions(**chosen_options)
-        key = ("relevance", tuple(layers), lrp, initial)
-        if key not in self._sessions:
-            self._sessions[key] = RelevanceRunner(self.model, layers, False, self._output_option, self._probabilities,
-                                                  lrp, initial, providers=self.providers, preloaded=True)
-        result = self._sessions[key].run(x, targets)
-        assert result.targets is not None
-        return result.scores.reshape(len(x), -1), result.targets, result.activations, result.relevance
-
-    def _gradient_runner(self, layers: Sequence[str], input_gradient: bool = False) -> GradientRunner:
-        key = (tuple(layers), input_gradient)
-        if key not in self._gradient_runners:
-            self._gradient_runners[key] = GradientRunner(
-                self.model, list(layers), input_gradient, self._output_option, self._probabilities,
-                providers=self.providers, preloaded=True)
-        return self._gradient_runners[key]
-
-    def _forward_session(self, tensors: tuple[str, ...]) -> Session:
-        key = ("forward", tensors)
-        if key not in self._sessions:
-            wanted = [self.score] + [t for t in tensors if t != self.score]
-            path = cached_model(model_key(self.model, "expose", wanted), lambda: expose(self.model, wanted))
-            self._sessions[key] = make_session(path, self.providers)
-        return self._sessions[key]
-
-    def _tensors_of_fn(self, x: np.ndarray) -> Any:
-        def tensors_of(names: Sequence[str]) -> dict[str, np.ndarray]:
-            """Values of any tensors for x: one forward run of the model with them exposed."""
-            wanted = list(dict.fromkeys(names))
-            values = self._forward_session(tuple(wanted)).run(wanted, {self.input_name: x})
-            return dict(zip(wanted, values))
-        return tensors_of
-
-    def _scores_of(self, batch: np.ndarray) -> np.ndarray:
-        session = self._forward_session(())
-        return session.run([self.score], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0].reshape(
-            len(batch), -1)
-
-    def _head_scores_fn(self, layer: str, x: np.ndarray) -> Any:
-        # a partial, not a closure calling itself: such a closure is a reference cycle, and cycles that hold
-        # batches are freed only when the cyclic collector happens to run (memory grew over long runs)
-        return functools.partial(self._head_scores, layer, x)
-
-    def _head_scores(self, layer: str, x: np.ndarray, features: np.ndarray, image: int,
-                     scale: np.ndarray | None = None) -> np.ndarray:
-        """Scores of the head for a batch of features (B, K, h, w); with `scale` (B, K, 1, 1), of one image's
-        features (1, K, h, w) times each scale row, built inside the runtime."""
-        session, extra = self._head_session(layer, scale is not None)
-        feeds = {layer: np.ascontiguousarray(self._from_nchw(layer, features, image), np.float32)}
-        batch = len(features) if scale is None else len(scale)
-        if scale is not None:
-            feeds[SCALE] = np.ascontiguousarray(self._from_nchw(layer, scale, image, per_channel=True), np.float32)
-        if extra:
-            values = self._forward_session(tuple(extra)).run(extra, {self.input_name: x[image:image + 1]})
-            for name, value in zip(extra, values):
-                # per-image activations go with each row; integer tensors (shapes, gather indices that
-                # exporters compute from shapes, e.g. torch's dynamo Swin) are not per image
-                per_image = value.shape[:1] == (1,) and np.issubdtype(value.dtype, np.floating)
-                feeds[name] = np.repeat(value, batch, axis=0) if per_image else value
-        scores = session.run([self.score], feeds)[0]
-        if len(scores) != batch and batch > 1:  # the head's shapes were computed for one image: row by row
-            return np.concatenate([self._head_scores(layer, x, features if scale is not None else features[j:j + 1],
-                                                     image, None if scale is None else scale[j:j + 1])
-                                   for j in range(batch)])
-        return scores.reshape(batch, -1)
-
-    def _channel_ablation_fn(self, cut: str, pooled: np.ndarray, x: np.ndarray) -> Any:
-        head_scores = self._head_scores_fn(cut, x)
-
-        def channel_ablation(image: int, keep: np.ndarray) -> np.ndarray:
-            """Scores with the layer's channels scaled by each row of keep (B, K), applied after global pooling
-            (exact for zeroed channels: the ops before the cut keep channels apart and zeros at zero)."""
-            scale = keep.reshape((len(keep),) + pooled.shape[1:]).astype(np.float32)
-            return head_scores(pooled[image:image + 1], image, scale)
-        return channel_ablation
-
-    def _pooled(self, layer: str) -> str | None:
-        if layer not in self._pooled_cuts and self._layouts.get(layer) in TOKEN_LAYOUTS:
-            self._pooled_cuts[layer] = None  # token layers: the extra tokens make pooled ablation inexact
-        if layer not in self._pooled_cuts:
-            self._pooled_cuts[layer] = pooled_channels(self.model, layer, self._layouts.get(layer) or "NCHW")
-        return self._pooled_cuts[layer]
-
-    def _head_session(self, layer: str, scaled: bool = False) -> tuple[Session, list[str]]:
-        key = ("head", layer, scaled)
-        if key not in self._sessions:
-            head = extract_head(self.model, layer, self.score, scale=scaled)
-            path = cached_model(model_key(self.model, "head", layer, self.score, scaled), lambda: head.model)
-            self._sessions[key] = (make_session(path, self.providers), head.extra_inputs)
-        return self._sessions[key]
-
-    def _input_gradients_of(self, batch: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (B, classes) and d score[target] / d input for a batch, one run (Opti-CAM's inner step)."""
-        result = self._gradient_runner([], input_gradient=True).run(batch, np.asarray(targets, np.int64))
-        assert result.input_gradient is not None
-        return result.scores.reshape(len(batch), -1), result.input_gradient
-
-    def _gradients_of_fn(self, layer: str, chosen: np.ndarray, objects: list[Target] | None = None) -> Any:
-        def gradients_of(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            ids: np.ndarray = np.resize(chosen, len(batch)) if len(batch) != len(chosen) else chosen
-            if objects is not None:  # each target's gradient at this batch's own outputs (one image per target)
-                ids = seeds([objects[i % len(objects)] for i in range(len(batch))], self.outputs(batch))
-            result = self._gradient_runner([layer]).run(batch, ids)
-            return self._nchw(layer, result.activations[layer]), self._nchw(layer, result.gradients[layer])
-        return gradients_of
-
-    # --- targets (onnxcam.targets: segmentation, detection, similarity) ---------------------------------------------
-    @functools.cached_property
-    def task(self) -> str | None:
-        """classify / segment / detect / embed: the model's "task" metadata, else guessed from the output's rank."""
-        return guess_task(_static_shapes(self.model.graph).get(self.output), model_metadata(self.model))
-
-    def detection_layout(self, shape: Sequence[int]) -> DetectionLayout:
-        """The layout of one image's detector output of `shape`: the model's metadata, else guessed."""
-        labels = model_labels(self.model)
-        has_nms = any(n.op_type == "NonMaxSuppression" for n in self.model.graph.node)
-        post_nms = bool(selection_nodes(self.model, self.output)) if has_nms else None  # known from the graph
-        classes = len(labels) if labels else nms_classes(self.model) if has_nms else None
-        return guess_detection_layout(shape, classes,
-                                      model_metadata(self.model).get("detection"), post_nms)
-
-    def outputs(self, x: np.ndarray) -> np.ndarray:
-        """The score tensor of a batch in the output's own shape (N, ...): logits, segmentation logits, raw
-        detections or embeddings (before a final Softmax/Sigmoid, as `scores`)."""
-        feeds = {self.input_name: self._check(x)}
-        if self.score == self.output:
-            return self._forward_session(()).run([self.score], feeds)[0]
-        score, out = self._forward_session((self.output,)).run([self.score, self.output], feeds)
-        return score.reshape(out.shape)
-
-    def _target_seeds(self, x: np.ndarray, targets: Targets) -> tuple[list[Target] | None, Targets]:
-        """(bound target objects, what the gradient runner takes): their seeds, or class ids for a classifier."""
-        if isinstance(targets, np.ndarray) and np.issubdtype(targets.dtype, np.floating):
-            return None, targets
-        if self.task in (None, "classify") and not is_target_objects(targets):
-            return None, targets  # the fast path: class ids, or the in-graph argmax
-        if self.task in (None, "classify") and isinstance(targets, (list, tuple)) and \
-                all(isinstance(t, ClassifierOutputTarget) for t in targets):
-            return None, categories(list(targets))
-        outputs = self.outputs(x)
-        layout = self.detection_layout(outputs.shape[1:]) if self.task == "detect" else None
-        objects = resolve_targets(targets, outputs, self.task, layout)
-        return (None, targets) if objects is None else (objects, seeds(objects, outputs))
-
-    # --- helpers ------------------------------------------------------------------------------------------------
-    def _head_weights(self, layer: str) -> np.ndarray | None:
-        """The GAP + linear head's weights after `layer` (for CAM), read once per layer."""
-        if layer not in self._heads:
-            self._heads[layer] = linear_head_weights(self.model, layer, self.score)
-        return self._heads[layer]
-
-    def _check(self, x: Any) -> np.ndarray:
-        array = check_input(x, self.input_name, self.input_shape, self._input_type)
-        if array.ndim != 4:
-            raise InputError(f"x has shape {array.shape}; expected a batch of images (N, C, H, W) or (N, H, W, C)")
-        return array
+    def _chunks(self, x: np.ndarray) -> list[np.ndarray]:
+        return [x[s] for s in self._slices(len(x))]
 
     def _augmented(self, x: np.ndarray, method: str, targets: Targets, layers: list[str], eigen_smooth: bool,
                    options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -419,16 +217,10 @@ class Explainer:
         return normalise(np.mean(maps, axis=0)), scores, chosen
 
 
-@functools.cache
-def _parameters(fn: Any) -> frozenset[str]:
-    return frozenset(inspect.signature(fn).parameters) - {"ev"}
-
-
-def _options_for(fn: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """The subset of `options` that the method's function accepts; unknown options are an error."""
-    accepted = _parameters(fn)
-    unknown = set(options) - accepted - {"eigen_sign"}  # eigen_sign also steers eigen_smooth, for every method
-    if unknown:
-        raise InputError(f"unknown option(s) {', '.join(sorted(unknown))} for this method; it accepts: "
-                         f"{', '.join(sorted(accepted)) or 'none'}")
-    return {k: v for k, v in options.items() if k in accepted}
+def _slice_targets(targets: Any, part: slice, n: int) -> Any:
+    """The targets of a part of the batch: per-image targets are sliced, shared ones (None, one int) kept."""
+    if targets is None or np.isscalar(targets) or part == slice(0, n):
+        return targets
+    if isinstance(targets, np.ndarray) or (isinstance(targets, (list, tuple)) and len(targets) == n):
+        return targets[part]
+    return targets

@@ -6,7 +6,6 @@ import base64
 import html
 import io
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from onnxcam import files
 from onnxcam.errors import InputError
 
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
@@ -39,34 +39,12 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str 
 
 
 # --- atomic writes ----------------------------------------------------------------------------------------------
-_FOLDERS: set[Path] = set()  # folders already made: a batch writes thousands of files into a few of them
-
-
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers never see a partial file.
-
-    The temporary name is unique per process and thread (.<name>.<pid>.<thread>.tmp), so no random names are
-    tried, and os.open applies the umask itself: two system calls fewer per file than mkstemp + chmod, which
-    matters when every image writes two small files.
-    """
+    """files.write_bytes (atomic, never through a planted symlink), making the folder first if needed."""
     target = Path(path)
-    if target.parent not in _FOLDERS:
+    if not target.parent.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
-        _FOLDERS.add(target.parent)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        except FileNotFoundError:  # the folder was removed since we made it
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    files.write_bytes(target, data)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -80,10 +58,14 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     write_bytes(path, encode_png(rgb))
 
 
-def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
-    write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    write_bytes(path, npy_bytes(array))
 
 
 def npy_complete(path: str | os.PathLike) -> bool:

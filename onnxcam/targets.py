@@ -469,3 +469,84 @@ def class_target(task: str, category: int, output: np.ndarray, layout: Detection
         scores = rows[:, offset + category] * (rows[:, 4] if layout.objectness else 1.0)
         return DetectionTarget(int(np.argmax(scores)), category, layout).bind(output)
     return ClassifierOutputTarget(category)
+
+
+# --- target plans: what a batch job explains in each image ----------------------------------------------------------
+@dataclass(frozen=True)
+class TargetPlan:
+    """How one image's model output becomes the targets a batch job explains (picklable: the local and Ray
+    engines share it, and `describe` goes into the run manifest).
+
+    classify: `category` for every image, the `top_k` best classes, or the predicted class (None); the job keeps
+    the in-graph fast path for these. segment: the class's predicted region (`category`, default the dominant
+    class) or `mask`. detect: detection row `box`, every detection scoring at least `threshold` (best first, at most
+    `max_detections`), the best of class `category`, or the best detection. embed: similarity to `reference`.
+    """
+
+    task: str = "classify"
+    category: int | None = None
+    top_k: int | None = None
+    mask: np.ndarray | None = None
+    box: int | None = None
+    threshold: float | None = None
+    max_detections: int = 20
+    reference: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise InputError(f"unknown task '{self.task}'; use one of {', '.join(TASKS)}")
+        if self.box is not None and self.threshold is not None:
+            raise InputError("give either a box or a threshold, not both")
+        if self.top_k is not None and self.task != "classify":
+            raise InputError(f"top_k explains the k best classes of a classifier; a {self.task} model has none "
+                             "(detectors: use --threshold, at most --max-detections maps)")
+        if self.top_k is not None and self.category is not None:
+            raise InputError("give either a target or top_k, not both")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {self.top_k}")
+        if self.max_detections < 1:
+            raise InputError(f"max_detections must be at least 1, got {self.max_detections}")
+        if self.mask is not None and self.task != "segment":
+            raise InputError("a mask is for segmentation models (task segment)")
+        if (self.box is not None or self.threshold is not None) and self.task != "detect":
+            raise InputError("a box or threshold is for detection models (task detect)")
+        if self.task == "embed" and self.reference is None:
+            raise InputError("an embedding model is explained against a reference: pass a reference image "
+                             "(CLI: --reference IMAGE)")
+
+    @property
+    def per_image(self) -> int | None:
+        """How many targets each image gets when that is fixed (None: it depends on the image's detections)."""
+        if self.task == "classify":
+            return self.top_k or 1
+        return None if self.task == "detect" and self.threshold is not None else 1
+
+    def targets(self, output: np.ndarray, layout: DetectionLayout | None = None) -> list[Target]:
+        """The bound targets of one image of a segment / detect / embed model, from its output."""
+        if self.task == "segment":
+            return [SemanticSegmentationTarget(self.category, self.mask).bind(output)]
+        if self.task == "embed":
+            assert self.reference is not None
+            return [SimilarityTarget(self.reference).bind(output)]
+        if self.task == "detect":
+            if self.box is None and self.threshold is None:
+                if self.category is not None:
+                    return [class_target("detect", self.category, output, layout)]
+                return [default_target("detect", output, layout)]
+            found: list[Target] = list(detection_targets(output, layout or guess_detection_layout(np.shape(output)),
+                                                         self.threshold, self.box))
+            found = [t for t in found if self.category is None or t.category == self.category]
+            return found[:self.max_detections]
+        return [class_target("classify", self.category, output) if self.category is not None
+                else default_target("classify", output)]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready and stable (arrays by content hash), for the run manifest."""
+        import hashlib
+
+        def digest(array: np.ndarray | None) -> str | None:
+            return None if array is None else hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+        return {"task": self.task, "category": self.category, "top_k": self.top_k, "mask": digest(self.mask),
+                "box": self.box, "threshold": self.threshold, "max_detections": self.max_detections,
+                "reference": digest(self.reference)}

@@ -13,8 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-Dim = int | str | None
-Shape = tuple[Dim, ...]
+from onnxcam.graph.topo import Shape, elem_types, static_shapes
 
 # Ops whose `axes` moved from an attribute to an input, and the opset where that happened.
 _AXES_AS_INPUT_SINCE = {"ReduceSum": 13, "Squeeze": 13, "Unsqueeze": 13, "Split": 13}
@@ -30,8 +29,8 @@ class Builder:
         self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
         self._new_initializers: list[onnx.TensorProto] = []
         self._count = 0
-        self._shapes = _static_shapes(graph)
-        self._types = _elem_types(graph)
+        self._shapes = static_shapes(graph)
+        self._types = elem_types(graph)
         self._consts: dict[tuple[bytes, str, tuple[int, ...]], str] = {}
 
     # --- naming and emission -------------------------------------------------------------------------------------
@@ -164,22 +163,3 @@ class Builder:
         axes = self.op("Reshape", self.op("NonZero", differs), self.ints([-1]))
         summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
         return self.op("Reshape", summed, x_shape)
-
-
-def _static_shapes(graph: onnx.GraphProto) -> dict[str, Shape]:
-    shapes: dict[str, Shape] = {}
-    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
-        tensor_type = info.type.tensor_type
-        if tensor_type.HasField("shape"):
-            shapes[info.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
-    for tensor in graph.initializer:
-        shapes[tensor.name] = tuple(tensor.dims)
-    return shapes
-
-
-def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
-    types = {info.name: info.type.tensor_type.elem_type for info in
-             list(graph.input) + list(graph.value_info) + list(graph.output) if info.type.tensor_type.elem_type}
-    types.update({t.name: t.data_type for t in graph.initializer})
-    return types

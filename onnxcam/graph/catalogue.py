@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxcam import tokens
 from onnxcam.errors import LayerError, ModelError
-from onnxcam.graph.autodiff import ancestors
-from onnxcam.graph.builder import Shape, _elem_types, _static_shapes
+from onnxcam.graph import tokens
 from onnxcam.graph.load import FLOAT_TYPES
+from onnxcam.graph.topo import Shape, ancestors, elem_types, static_shapes
 
 # Ops that keep the layout of their (first) input.
 _LAYOUT_KEEPING = {
@@ -45,7 +44,7 @@ class TensorInfo:
 def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
     """Graph inputs and every node output, in graph order."""
     graph = model.graph
-    shapes, types = _static_shapes(graph), _elem_types(graph)
+    shapes, types = static_shapes(graph), elem_types(graph)
     layouts: dict[str, str | None] = {}
     infos: list[TensorInfo] = []
 
@@ -143,7 +142,7 @@ def find_score(model: onnx.ModelProto, output: str | None = None, probabilities:
     unless `probabilities` is set. The logits may then still need a reshape to the output's shape.
     """
     graph = model.graph
-    shapes, types = _static_shapes(graph), _elem_types(graph)
+    shapes, types = static_shapes(graph), elem_types(graph)
     names = [o.name for o in graph.output]
     if output is not None:
         if output not in names:

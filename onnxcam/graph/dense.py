@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import onnx
 
-from onnxcam.graph.autodiff import ancestors
-from onnxcam.graph.builder import _static_shapes
 from onnxcam.graph.catalogue import TensorInfo
-from onnxcam.graph.rewrite import expose
+from onnxcam.graph.reverse.model import expose
+from onnxcam.graph.topo import ancestors, static_shapes
 
 # Post-processing after which the outputs are picked rows (indices), not differentiable predictions.
 SELECTION_OPS = {"NonMaxSuppression", "TopK"}
@@ -39,7 +38,7 @@ def pre_nms_tensor(model: onnx.ModelProto, output: str) -> str | None:
         return None
     nodes = list(model.graph.node)
     common = ancestors(nodes, nms[0].input[0]) & ancestors(nodes, nms[0].input[1])
-    shapes = _static_shapes(model.graph)
+    shapes = static_shapes(model.graph)
     produced = [o for n in nodes for o in n.output if o]
     candidates = [name for name in produced if name in common and len(shapes.get(name) or ()) == 3]
     return candidates[-1] if candidates else None
@@ -71,5 +70,5 @@ def prefer_pre_nms(model: onnx.ModelProto, output: str | None) -> tuple[onnx.Mod
 def nms_classes(model: onnx.ModelProto) -> int | None:
     """The class count of the first NonMaxSuppression's scores input (batch, classes, boxes), when static."""
     nms = next((n for n in model.graph.node if n.op_type == "NonMaxSuppression"), None)
-    shape = _static_shapes(model.graph).get(nms.input[1]) if nms is not None and len(nms.input) > 1 else None
+    shape = static_shapes(model.graph).get(nms.input[1]) if nms is not None and len(nms.input) > 1 else None
     return shape[1] if shape is not None and len(shape) == 3 and isinstance(shape[1], int) else None

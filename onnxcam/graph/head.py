@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcam.graph.autodiff import ancestors
-from onnxcam.graph.builder import _elem_types, _static_shapes
-from onnxcam.graph.rewrite import check_tensors
+from onnxcam.graph.reverse.model import check_tensors
+from onnxcam.graph.topo import ancestors, elem_types, static_shapes
 
 SCALE = "onnxcam_scale"
 
@@ -43,7 +43,7 @@ def extract_head(model: onnx.ModelProto, tensor: str, output: str, scale: bool =
     weights = {t.name for t in graph.initializer}
     reads = [name for node in nodes for name in node.input if name and name not in produced and name not in weights]
     extra = [name for name in dict.fromkeys(reads) if name != tensor]
-    shapes, types = _static_shapes(graph), _elem_types(graph)
+    shapes, types = static_shapes(graph), elem_types(graph)
     used = {name for node in nodes for name in node.input}
 
     def value(name: str) -> onnx.ValueInfoProto:
@@ -124,3 +124,74 @@ def _reduce_axes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | No
     if len(node.input) > 1 and node.input[1] in weights:
         return [int(a) for a in numpy_helper.to_array(weights[node.input[1]]).reshape(-1)]
     return None
+
+
+# --- weights read from the head (CAM) and the layers' biases (FullGrad) -------------------------------------
+_RESHAPES = {"Flatten", "Reshape", "Squeeze", "Identity"}
+
+
+def linear_head_weights(model: onnx.ModelProto, layer: str, score: str) -> np.ndarray | None:
+    """(classes, K) weights when `score` = Linear(GlobalAveragePool(layer)), else None."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    weights = {t.name: t for t in model.graph.initializer}
+    users = consumers.get(layer, [])
+    if len(users) != 1 or not _is_global_pool(users[0], weights):
+        return None
+    current = users[0].output[0]
+    while True:
+        users = consumers.get(current, [])
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op_type in _RESHAPES:
+            current = node.output[0]
+            continue
+        if node.op_type not in ("Gemm", "MatMul") or node.input[1] not in weights:
+            return None
+        matrix = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm":
+            matrix = matrix * attrs.get("alpha", 1.0)
+            matrix = matrix if attrs.get("transB", 0) else matrix.T
+        else:
+            matrix = matrix.T
+        out = node.output[0]
+        follow = consumers.get(out, [])
+        if out != score and len(follow) == 1 and follow[0].op_type == "Add":
+            out = follow[0].output[0]
+        return matrix if out == score else None
+
+
+def _is_global_pool(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
+    if node.op_type == "GlobalAveragePool":
+        return True
+    if node.op_type != "ReduceMean":
+        return False
+    axes = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "axes"), None)
+    if len(node.input) > 1 and node.input[1] in weights:  # axes became an input in opset 18
+        axes = numpy_helper.to_array(weights[node.input[1]]).tolist()
+    return axes is not None and sorted(int(a) % 4 for a in axes) in ([2, 3], [1, 2])
+
+
+def biased_outputs(model: onnx.ModelProto, score: str) -> dict[str, np.ndarray]:
+    """Output tensor -> bias (K,) of each rank-4 Conv with a constant bias and each rank-4 BatchNormalization
+    (its effective bias) that `score` depends on; FullGrad differentiates the score w.r.t. these outputs."""
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    shapes = static_shapes(graph)
+    needed = ancestors(list(graph.node), score)
+    out: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        name = node.output[0]
+        if name not in needed or name == score or len(shapes.get(name) or ()) != 4:
+            continue
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in weights:
+            out[name] = numpy_helper.to_array(weights[node.input[2]]).astype(np.float64)
+        elif node.op_type == "BatchNormalization" and all(n in weights for n in node.input[1:5]):
+            scale, bias, mean, var = (numpy_helper.to_array(weights[n]).astype(np.float64) for n in node.input[1:5])
+            eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)
+            out[name] = bias - mean * scale / np.sqrt(var + eps)
+    return out

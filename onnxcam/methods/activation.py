@@ -9,23 +9,23 @@ from onnxcam.methods import Evidence, method
 from onnxcam.methods.postprocess import principal_projection
 
 
-@method("eigencam", "activation", "activations", "1 forward", "Muhammad & Yeasin, IJCNN 2020")
+@method("eigencam", "activation", (), "1 forward", "Muhammad & Yeasin, IJCNN 2020")
 def eigencam(ev: Evidence, eigen_sign: str = "activation") -> np.ndarray:
     """First principal component of the activations (class-agnostic)."""
     return principal_projection(ev.activations, eigen_sign)
 
 
-@method("cam", "activation", "activations", "1 forward", "Zhou et al., CVPR 2016")
+@method("cam", "activation", ("head_weights",), "1 forward", "Zhou et al., CVPR 2016")
 def cam(ev: Evidence) -> np.ndarray:
     """Weights of the target class in the linear layer after global average pooling."""
-    weights = ev.extras.get("head_weights")
+    weights = ev.head_weights
     if weights is None:
         raise InputError(f"'cam' needs a global-average-pool + linear head right after layer '{ev.layer}'; "
                          "this model has none there: use gradcam, which equals CAM on such models")
     return weights[ev.targets]
 
 
-@method("random", "baseline", "activations", "1 forward", "baseline for metrics")
+@method("random", "baseline", (), "1 forward", "baseline for metrics")
 def random(ev: Evidence, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.uniform(-1, 1, ev.activations.shape[:2])

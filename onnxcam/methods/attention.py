@@ -18,8 +18,8 @@ from onnxcam.methods import Evidence, method
 _NAMED = re.compile(r"att|cam|saliency|heatmap|importance_map", re.IGNORECASE)
 
 
-@method("attention", "research", "activations", "2 forwards", "Lee et al., ICCV 2021 (LFI-CAM); Fukui et al., "
-        "CVPR 2019 (ABN)")
+@method("attention", "research", ("tensors_of", "graph_outputs"), "2 forwards",
+        "Lee et al., ICCV 2021 (LFI-CAM); Fukui et al., CVPR 2019 (ABN)")
 def attention(ev: Evidence, tensor: str | None = None, weights: str | np.ndarray | None = None,
               features: str | None = None) -> np.ndarray:
     """The model's own attention map (N, h, w), the same whatever the target class.

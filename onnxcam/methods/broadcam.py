@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -18,15 +18,64 @@ import numpy as np
 from onnxcam.errors import InputError
 from onnxcam.methods import Evidence, method
 
-if TYPE_CHECKING:
-    from onnxcam.broadcam_fit import BroadcamFit
+FORMAT = "onnxcam-broadcam-1"
 
 
-@method("broadcam", "activation", "activations", "2 forwards", "Lin et al., arXiv 2309.03509 (BroadCAM)")
+@dataclass
+class BroadcamFit:
+    layers: list[str]
+    layouts: list[str]          # "NCHW" or "NHWC" per layer
+    channels: list[int]         # K per layer; weights' columns are the layers' channels in this order
+    weights: np.ndarray         # (classes, sum K) for raw ReLU'd features
+    intercept: np.ndarray       # (classes,)
+    ridge: float
+    model_id: str
+    labels: list[str]           # class names ("" when unknown)
+    images: int
+
+    @property
+    def classes(self) -> int:
+        return int(self.weights.shape[0])
+
+    def layer_weights(self) -> dict[str, np.ndarray]:
+        """(classes, K) per layer."""
+        edges = np.cumsum([0, *self.channels])
+        return {name: self.weights[:, a:b] for name, a, b in zip(self.layers, edges[:-1], edges[1:])}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")  # np.savez would append it anyway
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, format=np.array(FORMAT), layers=np.array(self.layers), layouts=np.array(self.layouts),
+                 channels=np.array(self.channels, np.int64), weights=self.weights.astype(np.float32),
+                 intercept=self.intercept.astype(np.float32), ridge=np.array(self.ridge),
+                 model_id=np.array(self.model_id), labels=np.array(self.labels), images=np.array(self.images))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BroadcamFit:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data.get("format", "")) != FORMAT:
+                    raise InputError(f"{path} is not a BroadCAM fit file (make one with 'onnxcam fit broadcam')")
+                return cls([str(v) for v in data["layers"]], [str(v) for v in data["layouts"]],
+                           [int(v) for v in data["channels"]], data["weights"].astype(np.float64),
+                           data["intercept"].astype(np.float64), float(data["ridge"]), str(data["model_id"]),
+                           [str(v) for v in data["labels"]], int(data["images"]))
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"cannot read BroadCAM fit file {path}: {e}") from None
+
+    def check_model(self, model_id: str, where: str = "this model") -> None:
+        if model_id and self.model_id != model_id:
+            raise InputError(f"the BroadCAM fit was made for another model (hash {self.model_id[:12]}, {where} has "
+                             f"{model_id[:12]}); fit it again: onnxcam fit broadcam MODEL DATA")
+
+
+
+@method("broadcam", "activation", ("tensors_of", "model_id"), "2 forwards", "Lin et al., arXiv 2309.03509 (BroadCAM)")
 def broadcam(ev: Evidence, fit: str | os.PathLike[str] | BroadcamFit | None = None) -> np.ndarray:
     """fit: the .npz written by `onnxcam fit broadcam` (or a BroadcamFit); its layers replace the explainer's."""
-    from onnxcam.broadcam_fit import BroadcamFit
-
     if fit is None:
         raise InputError("'broadcam' needs fitted weights: run 'onnxcam fit broadcam MODEL DATA --out broadcam.npz' "
                          "and pass fit=broadcam.npz (CLI: --fit broadcam.npz)")
@@ -60,6 +109,4 @@ def _mtime(path: str | os.PathLike[str]) -> float:
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str, mtime: float) -> BroadcamFit:
-    from onnxcam.broadcam_fit import BroadcamFit
-
     return BroadcamFit.load(path)

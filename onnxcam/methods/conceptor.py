@@ -209,6 +209,6 @@ def _name_a_base(ev: Evidence, **options: object) -> np.ndarray:
 
 
 COMPOSERS["conceptor"] = Composer(
-    Method("conceptor-<base>", _name_a_base, "research", "as its base",
+    Method("conceptor-<base>", _name_a_base, "research", (),
            "the base's + a few K x K eigendecompositions", PAPER),
     compose)

@@ -27,7 +27,8 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-@method("opticam", "research", "gradients", "1 forward+backward + up to `iterations` forward+backward to the input",
+@method("opticam", "research", ("input_gradients_of", "baseline"),
+        "1 forward+backward + up to `iterations` forward+backward to the input",
         "Zhang et al., CVIU 2024 (Opti-CAM, arXiv 2301.07002)")
 def opticam(ev: Evidence, iterations: int = 50, lr: float = 0.1, start: float = 0.5, early_stop: bool = True,
             normalisation: str = "max-min", masking: str = "pixel", loss: str = "plain") -> np.ndarray:

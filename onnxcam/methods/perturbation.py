@@ -16,7 +16,7 @@ GAUSSIAN_3X3 = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
 
 
 # --- Score-CAM family -------------------------------------------------------------------------------------------
-@method("scorecam", "perturbation", "activations", "1 forward + K forwards (masked inputs)",
+@method("scorecam", "perturbation", ("scores_of",), "1 forward + K forwards (masked inputs)",
         "Wang et al., CVPR Workshops 2020")
 def scorecam(ev: Evidence, batch_size: int = 32, channels: int | None = None,
              scorecam_weights: str = "softmax") -> np.ndarray:
@@ -33,7 +33,7 @@ def scorecam(ev: Evidence, batch_size: int = 32, channels: int | None = None,
     return _score_weights(ev, masks, 1, batch_size, channels, scorecam_weights, flat_share=True)
 
 
-@method("sscam", "perturbation", "activations", "1 forward + num_samples x K forwards",
+@method("sscam", "perturbation", ("scores_of",), "1 forward + num_samples x K forwards",
         "Wang et al., 2020 (SS-CAM)")
 def sscam(ev: Evidence, num_samples: int = 35, std: float = 2.0, batch_size: int = 32, channels: int | None = None,
           scorecam_weights: str = "softmax", seed: int = 0) -> np.ndarray:
@@ -50,7 +50,7 @@ def sscam(ev: Evidence, num_samples: int = 35, std: float = 2.0, batch_size: int
     return _score_weights(ev, masks, num_samples, batch_size, channels, scorecam_weights)
 
 
-@method("iscam", "perturbation", "activations", "1 forward + num_samples x K forwards",
+@method("iscam", "perturbation", ("scores_of",), "1 forward + num_samples x K forwards",
         "Naidu et al., 2020 (IS-CAM)")
 def iscam(ev: Evidence, num_samples: int = 10, batch_size: int = 32, channels: int | None = None,
           scorecam_weights: str = "softmax") -> np.ndarray:
@@ -108,7 +108,8 @@ def _apply_masks(ev: Evidence, i: int, masks: np.ndarray) -> np.ndarray:
 
 
 # --- Layer perturbations (head only) ----------------------------------------------------------------------------
-@method("ablationcam", "perturbation", "activations", "1 forward + K head runs", "Desai & Ramaswamy, WACV 2020")
+@method("ablationcam", "perturbation", ("head_scores", "channel_ablation"), "1 forward + K head runs",
+        "Desai & Ramaswamy, WACV 2020")
 def ablationcam(ev: Evidence, batch_size: int = 32, channels: int | None = None) -> np.ndarray:
     """w_k = (y - y_k) / y with y the target logit and y_k the target logit with channel k of the layer set to
     zero (pytorch-grad-cam's weight; it ablates with min - 1e7 instead when the layer has no zeros). Only the head
@@ -121,7 +122,7 @@ def ablationcam(ev: Evidence, batch_size: int = 32, channels: int | None = None)
         original = float(ev.target_scores(ev.scores[i:i + 1], i)[0])
         chosen = _top_channels(acts[i], channels)
         ablated = np.empty(len(chosen))
-        ablate = ev.extras.get("channel_ablation")  # zeroing after global pooling: K values, not K x h x w
+        ablate = ev.channel_ablation  # zeroing after global pooling: K values, not K x h x w
         for start in range(0, len(chosen), batch_size):
             ks = chosen[start:start + batch_size]
             keep = np.ones((len(ks), acts.shape[1], 1, 1), np.float32)
@@ -132,7 +133,7 @@ def ablationcam(ev: Evidence, batch_size: int = 32, channels: int | None = None)
     return weights
 
 
-@method("reciprocam", "perturbation", "activations", "1 forward + h*w head runs", "Byun & Lee, 2022 (Recipro-CAM)")
+@method("reciprocam", "perturbation", ("head_scores",), "1 forward + h*w head runs", "Byun & Lee, 2022 (Recipro-CAM)")
 def reciprocam(ev: Evidence, mode: str = "gaussian", batch_size: int = 32) -> np.ndarray:
     """Map (N, h, w): at (i, j), the target's softmax probability when the head sees a feature map that holds
     only A[:, i, j], spread over the 3x3 neighbourhood with weights [1 2 1]^T [1 2 1] / 16 and cut at the border

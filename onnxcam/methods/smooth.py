@@ -9,7 +9,7 @@ from onnxcam.methods import Evidence, method
 SPATIAL = (2, 3)
 
 
-@method("smoothgradcam++", "gradient", "activations", "1 forward + num_samples forward+backward",
+@method("smoothgradcam++", "gradient", ("gradients_of",), "1 forward + num_samples forward+backward",
         "Omeiza et al., 2019")
 def smoothgradcam_plus_plus(ev: Evidence, num_samples: int = 4, std: float = 0.3, seed: int = 0) -> np.ndarray:
     """Gradients g_s at the layer for num_samples copies x + N(0, std^2) (torchcam's defaults 4 and 0.3, in the

@@ -1,0 +1,3 @@
+from onnxcam.cli import app
+
+app(prog_name="onnxcam")

@@ -1,0 +1,130 @@
+"""`onnxcam inspect`: inputs, outputs, score handling, preprocessing guess, layers and which methods work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from onnxcam.cli.common import console, fail
+from onnxcam.errors import GradientError, OnnxcamError
+
+
+def inspect(
+    model: Annotated[Path, typer.Argument(help="The ONNX model file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    all_layers: Annotated[bool, typer.Option("--all", help="List every candidate layer (default: the last 15).")
+                          ] = False,
+    debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] = False,
+) -> None:
+    """Inputs, outputs, score handling, preprocessing guess, candidate layers and which methods work."""
+    try:
+        info = describe_model(model)
+    except OnnxcamError as e:
+        fail(e, debug)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    _print_inspect(info, all_layers)
+
+
+def describe_model(model_path: Path) -> dict[str, Any]:
+    from onnxcam.explainer import Explainer
+    from onnxcam.graph.reverse.model import gradient_model, reverse_model
+    from onnxcam.graph.reverse.relevance import LrpOptions
+    from onnxcam.graph.topo import elem_types, static_shapes
+    from onnxcam.images import model_labels, model_metadata, resolve_preprocessing
+    from onnxcam.methods import METHODS
+
+    ex = Explainer(model_path, device="cpu")
+    graph = ex.model.graph
+    shapes, types = static_shapes(graph), elem_types(graph)
+    weights = {t.name for t in graph.initializer}
+
+    def describe(name: str) -> dict[str, Any]:
+        shape = shapes.get(name)
+        return {"name": name, "shape": None if shape is None else [d if isinstance(d, int) else str(d) for d in shape],
+                "dtype": _type_name(types.get(name))}
+
+    spec = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout)
+    meta = model_metadata(ex.model)
+    labels = model_labels(ex.model)
+    default = ex.default_layer
+    layers = [{**describe(t.name), "op": t.op_type, "layout": t.layout, "default": t.name == default}
+              for t in ex.tensors if t.spatial and t.op_type]
+    gradient_free = sorted(m.name for m in METHODS.values() if m.run == "forward")
+    try:
+        gradient_model(ex.model, [default])
+        working, problem = sorted(METHODS), None
+    except GradientError as e:
+        working, problem = gradient_free, str(e)
+    if "relevancecam" in working:  # LRP has its own rule table: an op may have a gradient rule but no relevance rule
+        try:
+            reverse_model(ex.model, [default], lrp=LrpOptions())
+        except GradientError:
+            working = [m for m in working if m != "relevancecam"]
+    return {
+        "model": str(model_path),
+        "inputs": [{**describe(i.name), "image": i.name == ex.input_name} for i in graph.input
+                   if i.name not in weights],
+        "outputs": [describe(o.name) for o in graph.output],
+        "score": {"output": ex.output, "tensor": ex.score, "before_softmax": ex.score != ex.output},
+        "preprocessing": {**spec.describe(), "source": "model metadata" if "preprocessing" in meta
+                          else "default (imagenet for float inputs, raw pixels for uint8)"},
+        "labels": {"count": len(labels), "first": labels[:5]} if labels else None,
+        "default_layer": default,
+        "layers": layers,
+        "methods": {"working": working, "gradient_free": gradient_free, "gradient_error": problem},
+    }
+
+
+def _type_name(elem_type: int | None) -> str:
+    import onnx
+
+    return "unknown" if elem_type is None else onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _print_inspect(info: dict[str, Any], all_layers: bool) -> None:
+    def shape(d: dict[str, Any]) -> str:
+        return "?" if d["shape"] is None else "(" + ", ".join(str(v) for v in d["shape"]) + ")"
+
+    io = Table(title=f"model {info['model']}")
+    for column in ("kind", "name", "shape", "dtype"):
+        io.add_column(column)
+    for d in info["inputs"]:
+        io.add_row("input" + (" (image)" if d["image"] else ""), Text(d["name"]), shape(d), d["dtype"])
+    for d in info["outputs"]:
+        io.add_row("output", Text(d["name"]), shape(d), d["dtype"])
+    console.print(io)
+    score = info["score"]
+    console.print(Text(f"score: output '{score['output']}'" + (
+        f", differentiated before its Softmax/Sigmoid at '{score['tensor']}' (logits)" if score["before_softmax"]
+        else " (taken as logits)")))
+    pre = info["preprocessing"]
+    console.print(Text(f"preprocessing ({pre['source']}): size {pre['size'][0]}x{pre['size'][1]} {pre['layout']} "
+                       f"{pre['channel_order']} {pre['dtype']}, x = (pixel * {pre['scale']:.6g} - mean {pre['mean']}) "
+                       f"/ std {pre['std']}"))
+    if info["labels"]:
+        console.print(Text(f"labels: {info['labels']['count']} in metadata, e.g. {', '.join(info['labels']['first'])}"))
+    layers = info["layers"] if all_layers else info["layers"][-15:]
+    if not any(d["default"] for d in layers):  # e.g. a ViT's default sits before the last block's attention
+        layers = [d for d in info["layers"] if d["default"]] + layers
+    table = Table(title=f"candidate layers ({len(layers)} of {len(info['layers'])}; --all for every one)")
+    for column in ("", "tensor", "op", "shape", "layout"):
+        table.add_column(column)
+    for d in layers:
+        table.add_row("*" if d["default"] else "", Text(d["name"]), d["op"], shape(d), d["layout"])
+    console.print(table)
+    console.print(Text(f"default layer: {info['default_layer']}"))
+    methods = info["methods"]
+    if methods["gradient_error"]:
+        console.print(Text(f"gradient methods unavailable: {methods['gradient_error']}", style="yellow"))
+        console.print(Text(f"gradient-free methods that work: {', '.join(methods['gradient_free'])}"))
+    else:
+        console.print(Text(f"all methods work ({len(methods['working'])}); see 'onnxcam methods'"))
+
+

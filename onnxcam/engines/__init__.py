@@ -1,1 +1,0 @@
-"""Engines that run `explain_images`' per-batch pipeline elsewhere than this process (see engines.ray)."""

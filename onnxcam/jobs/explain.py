@@ -1,0 +1,335 @@
+"""`explain`: the one batch job behind `onnxcam explain` for every task (classification, segmentation, detection,
+embeddings): files in -> (image, target) work items -> one worker -> maps, overlays, records, report.
+
+For each input, target and method it writes OUT/<name>.<method>.png (overlay) and .npy (float32 map at the image's
+own size), where <name> is the input's path relative to its input root with its suffix ("cats/x.jpg"); several
+targets per image add .c<class> (top-k classes) or .d<k> (detections). One JSON line per record goes to
+OUT/results.jsonl, OUT/run.json records what the outputs were made from (the manifest `--resume` checks), and
+OUT/report.html shows them all. A bad image is recorded as failed and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxcam.errors import InputError, OnnxcamError
+from onnxcam.explainer import Explainer
+from onnxcam.files import InputFile, OutputFolder, collect_inputs, printable, remove_stale_temporaries, write_bytes
+from onnxcam.graph.load import ModelSource, model_name
+from onnxcam.images import (
+    check_labels,
+    model_labels,
+    preprocess,
+    read_image,
+    read_labels,
+    resolve_preprocessing,
+    resolve_target,
+)
+from onnxcam.jobs.lock import OutputLock
+from onnxcam.jobs.pipeline import run_ordered
+from onnxcam.jobs.records import (
+    MANIFEST,
+    PARTIAL,
+    REPORT_LIMIT,
+    RESULTS,
+    Record,
+    Summary,
+    check_resume,
+    dumps,
+    file_sha256,
+    previous_records,
+)
+from onnxcam.jobs.worker import RunSpec, Worker
+from onnxcam.methods import get_method
+from onnxcam.render import npy_complete, read_rgb, report_html, thumbnail_data_uri
+from onnxcam.targets import TASKS, TargetPlan
+
+__all__ = ["RESULTS", "REPORT_LIMIT", "Summary", "collect_inputs", "explain", "explain_images", "write_report"]
+
+READERS = min(2, os.cpu_count() or 1)  # decoding threads; one batch of PNG decoding is short next to inference
+WRITERS = 2  # encoding + writing threads: file system calls wait on the disk more than they use the CPU
+
+
+class DiskFull(OnnxcamError):
+    """The output folder's disk is full: the run stops after recording what it wrote."""
+
+
+def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+            methods: Sequence[str] = ("gradcam",), layer: str | Sequence[str] | None = None,
+            target: int | str | None = None, top_k: int | None = None, task: str | None = None,
+            mask: str | os.PathLike | None = None, box: int | None = None, threshold: float | None = None,
+            max_detections: int = 20, reference: str | os.PathLike | None = None, batch_size: int = 8,
+            preset: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+            size: int | Sequence[int] | None = None, bgr: bool | None = None, scale: float | None = None,
+            labels: str | os.PathLike | Sequence[str] | None = None, device: str = "auto", alpha: float = 0.5,
+            colormap: str = "jet", resume: bool = False, explainer: Explainer | None = None,
+            grid: tuple[int, int] | None = None, extra_tokens: int | None = None,
+            on_start: Callable[[int], None] | None = None, on_image: Callable[[Record], None] | None = None,
+            on_note: Callable[[str], None] | None = None, engine: str = "local", address: str | None = None,
+            workers: int | None = None, method_options: dict[str, dict[str, Any]] | None = None) -> Summary:
+    """Explain image files with `methods`; see the module docstring for what is written. Returns a Summary.
+
+    task: classify / segment / detect / embed (None: the model's metadata, else its output's rank).
+    target: a class index or label (classify: that class; segment: its region; detect: its best box, or only its
+    detections with threshold); top_k: the k best classes (classifiers); mask: a mask image (segmentation);
+    box: one detection row; threshold: every detection scoring at least this, best first, at most
+    max_detections; reference: an image whose embedding the similarity is measured to.
+    engine: "local" (this process; decoding, inference and writing overlap on threads) or "ray" (Ray Data actors,
+    see onnxcam.jobs.ray; address: the cluster, None starts a local one; workers: actors).
+    on_image is called once per image in input order. Raises OnnxcamError for mistakes found before any image is
+    processed (model, layer, method, labels, target, options, a resume of another run, another run on OUT).
+    """
+    start = time.perf_counter()
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown engine '{engine}'; use local or ray")
+    if engine == "ray":
+        from onnxcam.jobs.ray import require_ray
+
+        require_ray()  # says how to install it, before any work
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    if task is not None and task not in TASKS:
+        raise InputError(f"unknown task '{task}'; use one of {', '.join(TASKS)}")
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise InputError("no method given")
+    options = {m: get_method(m).accepts(dict((method_options or {}).get(m, {}))) for m in methods}
+    ex = explainer or Explainer(model, layer=layer, device=device, grid=grid, extra_tokens=extra_tokens)
+    for note in ex.notes:  # e.g. NMS inside the graph: the raw predictions before it are explained
+        if on_note:
+            on_note(note)
+    spec_pre = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout, preset, mean, std, size, bgr, scale)
+    ex.preprocessing = spec_pre
+    task = task or ex.task or "classify"
+    label_list = _labels(labels, ex, ex.classes if task == "classify" else None)
+    plan = _plan(ex, task, target, top_k, mask, box, threshold, max_detections, reference, label_list, spec_pre)
+    items = collect_inputs(inputs, exclude=out)
+    folder = OutputFolder(out)
+    out_dir = folder.given
+    spec = RunSpec(os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else ex.model.SerializeToString(),
+                   {**_explainer_options(ex), "device": device}, spec_pre, methods, plan, str(folder.real), options,
+                   label_list, alpha, colormap, batch_size)
+    manifest = _manifest(model, ex, spec)
+    summary = Summary(out=out_dir, total=len(items))
+    with OutputLock(folder.real):
+        if resume:
+            check_resume(folder.real, manifest)
+        previous = previous_records(folder.real) if resume else None
+        if resume:
+            remove_stale_temporaries(folder.real)
+        write_bytes(folder.path(MANIFEST), (dumps(manifest) + "\n").encode())
+        if on_start:
+            on_start(len(items))
+        worker = Worker(spec, ex) if engine == "local" else None
+        partial = folder.path(PARTIAL)
+        log = open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644), "w",
+                   encoding="utf-8")
+        with log:
+            def emit(records: list[Record]) -> None:
+                summary.log_image(records, log)
+                if on_image:
+                    on_image(records[0])
+                if any(r["status"] == "failed" and "no space left on device" in (r.get("error") or "")
+                       for r in records):
+                    raise DiskFull("no space left on device")
+
+            units = _units(items, previous, folder, methods, plan, batch_size)
+            try:
+                if worker is None:
+                    _run_ray(units, spec, emit, batch_size, address, workers)
+                    remove_stale_temporaries(folder.real)  # all workers are done: any temporary is a killed one's
+                else:  # decoding, inference and writing overlap (jobs.pipeline); results come back in input order
+                    run_ordered(units, read=lambda unit: (unit, worker.read([i for i, kept in unit if kept is None])),
+                                compute=lambda pair: (pair[0], worker.compute(pair[1])),
+                                write=lambda pair: _merge(pair[0], worker.write(pair[1])),
+                                emit=lambda per_image: _each(per_image, emit),
+                                readers=READERS, writers=WRITERS)
+            except DiskFull:
+                summary.stopped = ("the disk of the output folder is full; free space and rerun with --resume to "
+                                   "continue")
+        os.replace(partial, folder.path(RESULTS))
+        summary.seconds = time.perf_counter() - start
+        meta = {"model": model_name(model), "task": task, "methods": ", ".join(methods), "layer": ", ".join(ex.layer),
+                "preprocessing": spec_pre.summary() if hasattr(spec_pre, "summary") else str(spec_pre.describe()),
+                "images": len(items), "failed": summary.failed}
+        try:
+            write_report(summary, title=f"onnxcam: {Path(model_name(model)).name}", meta=meta,
+                         made=worker.thumbnails if worker else None)
+        except OSError as e:
+            if summary.stopped is None:
+                raise
+            summary.stopped += f" (report.html could not be written: {e.strerror})"
+    return summary
+
+
+def explain_images(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                   **options: Any) -> Summary:
+    """`explain` under its earlier name (same arguments)."""
+    return explain(model, inputs, out, **options)
+
+
+# --- set-up ---------------------------------------------------------------------------------------------------------
+def _explainer_options(ex: Explainer) -> dict[str, Any]:
+    """Everything the Explainer was made with, so a Ray actor builds the same one."""
+    return {**ex.options, "layer": list(ex.layer)}
+
+
+def _plan(ex: Explainer, task: str, target: int | str | None, top_k: int | None, mask: str | os.PathLike | None,
+          box: int | None, threshold: float | None, max_detections: int, reference: str | os.PathLike | None,
+          labels: list[str] | None, spec: Any) -> TargetPlan:
+    classes = ex.classes if task == "classify" else None
+    category = resolve_target(str(target), labels, classes) if target is not None else None
+    if top_k is not None and classes is not None and top_k > classes:
+        raise InputError(f"top_k {top_k} is more than the model's {classes} classes")
+    mask_pixels = _read_mask(mask) if mask is not None else None
+    anchor = ex.outputs(preprocess(read_image(reference), spec))[0] if reference is not None else None
+    return TargetPlan(task, category, top_k, mask_pixels, box, threshold, max_detections, anchor)
+
+
+def _manifest(model: ModelSource, ex: Explainer, spec: RunSpec) -> dict[str, Any]:
+    from onnxcam import __version__
+
+    path = model if isinstance(model, (str, os.PathLike)) else None
+    return {"onnxcam": __version__, "model": printable(model_name(model)),
+            "model_sha256": file_sha256(path) if path is not None else ex.model_id,
+            "layers": list(ex.layer), "methods": spec.methods, "method_options": spec.method_options,
+            "targets": spec.plan.describe(), "preprocessing": spec.preprocessing.describe(),
+            "explainer": {k: v for k, v in spec.explainer.items() if k not in ("layer", "device")},
+            "labels": None if spec.labels is None else len(spec.labels), "alpha": spec.alpha,
+            "colormap": spec.colormap}
+
+
+def _labels(labels: str | os.PathLike | Sequence[str] | None, ex: Explainer, classes: int | None) -> list[str] | None:
+    if labels is None:
+        found = model_labels(ex.model)
+        return found if found is not None and (classes is None or len(found) == classes) else None
+    if isinstance(labels, (str, os.PathLike)):
+        result = read_labels(labels)
+        check_labels(result, classes, f"labels file {labels}")
+    else:
+        result = [str(v) for v in labels]
+        check_labels(result, classes, "the labels list")
+    return result
+
+
+def _read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask image as booleans (nonzero = inside)."""
+    try:
+        image = read_image(path)
+    except OnnxcamError:
+        raise InputError(f"cannot read the mask image {printable(os.fsdecode(path))}") from None
+    return np.asarray(image.any(axis=-1) if image.ndim == 3 else image > 0)
+
+
+# --- units of work and resume ---------------------------------------------------------------------------------------
+Unit = list[tuple[InputFile, "list[Record] | None"]]  # inputs with their kept records (resume) or None
+
+
+def _units(items: list[InputFile], previous: dict[tuple[str, str], list[Record]] | None, folder: OutputFolder,
+           methods: list[str], plan: TargetPlan, batch_size: int) -> Iterator[Unit]:
+    """Inputs grouped so that each unit holds `batch_size` images to explain; images kept by --resume ride along
+    in their place, so results.jsonl stays in input order."""
+    unit: Unit = []
+    todo = 0
+    for item in items:
+        kept = _resumable(item, previous, folder, methods, plan) if previous is not None else None
+        unit.append((item, kept))
+        todo += kept is None
+        if todo >= batch_size:
+            yield unit
+            unit, todo = [], 0
+    if unit:
+        yield unit
+
+
+def _resumable(item: InputFile, previous: dict[tuple[str, str], list[Record]], folder: OutputFolder,
+               methods: list[str], plan: TargetPlan) -> list[Record] | None:
+    """Records for an input whose outputs are all present and complete, else None (the input is redone). Records
+    are matched by the input's name (its path relative to its root), never by output file name."""
+    records = []
+    for method in methods:
+        recs = previous.get((item.name, method))
+        if not recs or (plan.per_image is not None and len(recs) != plan.per_image):
+            return None
+        for rec in recs:
+            paths = rec.get("paths") or {}
+            try:
+                png, npy = folder.path(str(paths.get("overlay"))), folder.path(str(paths.get("map")))
+            except InputError:  # a forged or foreign record: never read or show a file outside OUT
+                return None
+            if png.is_symlink() or npy.is_symlink() or not png.is_file() or not npy_complete(npy):
+                return None
+            records.append({**rec, "image": os.fsdecode(item.path), "status": "skipped", "error": None,
+                            "seconds": 0.0})
+    return records
+
+
+def _each(per_image: list[list[Record]], emit: Callable[[list[Record]], None]) -> None:
+    for records in per_image:
+        emit(records)
+
+
+def _merge(unit: Unit, written: list[list[Record]]) -> list[list[Record]]:
+    fresh = iter(written)
+    return [kept if kept is not None else next(fresh) for _item, kept in unit]
+
+
+def _run_ray(units: Iterator[Unit], spec: RunSpec, emit: Callable[[list[Record]], None], batch_size: int,
+             address: str | None, workers: int | None) -> None:
+    from onnxcam.jobs.ray import run_ray, unwrap
+
+    try:
+        run_ray(units, spec, emit, batch_size, address, workers)
+    except DiskFull:
+        raise
+    except Exception as e:
+        cause = unwrap(e)
+        if cause is e:
+            raise
+        raise cause from None
+
+
+# --- the report -----------------------------------------------------------------------------------------------------
+def write_report(summary: Summary, title: str, meta: dict[str, Any], limit: int = REPORT_LIMIT,
+                 made: dict[str, str] | None = None) -> None:
+    """report.html with every failure and the first `limit` explained records (thumbnails are ~10 KB each).
+
+    made: thumbnails already made while writing (overlay path -> data URI); the others are read back from disk,
+    from inside the output folder only.
+    """
+    folder = OutputFolder(summary.out)
+    ok_seen, shown = 0, []
+    for rec in summary.records:
+        if rec.get("status") != "failed":
+            ok_seen += 1
+            if ok_seen > limit:
+                continue
+        shown.append(rec)
+    total = max(summary.total_records, len(summary.records))
+    if len(shown) < total:
+        meta = {**meta, "shown": f"{len(shown)} of {total} (all in {RESULTS})"}
+    if summary.stopped:
+        meta = {**meta, "stopped": summary.stopped}
+    thumbs = {}
+    for i, rec in enumerate(shown):
+        paths = rec.get("paths") or {}
+        if rec.get("status") != "failed" and paths.get("overlay"):
+            if made and paths["overlay"] in made:
+                thumbs[i] = made[paths["overlay"]]
+                continue
+            try:
+                overlay_path = folder.path(str(paths["overlay"]))
+            except InputError:
+                continue
+            rgb = None if overlay_path.is_symlink() else read_rgb(overlay_path)
+            if rgb is not None:
+                thumbs[i] = thumbnail_data_uri(rgb)
+    write_bytes(folder.path("report.html"), report_html(shown, thumbs, title, meta).encode("utf-8"))
