@@ -3,7 +3,7 @@
     python benchmarks/broadcam_shapes.py [--test 200] [--ridge 50]
 
 Writes the data sets to a temporary folder (train seed 21, test seed 22: neither is the model's training or test
-seed), fits with `onnxcam.broadcam_fit`, scores with `onnxcam.evaluate` (pointing game, energy-based pointing game,
+seed), fits with `onnxcam.jobs.fit_broadcam`, scores with `onnxcam.jobs.evaluate` (pointing game, energy-based pointing game,
 Average Drop / Increase) and prints one table row per method; `random` (seeded random channel weights) is the
 chance row.
 """
@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from onnxcam.broadcam_fit import fit_broadcam, read_dataset
+from onnxcam.jobs.fit_broadcam import fit_broadcam, read_dataset
 from onnxcam.datasets.shapes import write_dataset
-from onnxcam.evaluate import evaluate
+from onnxcam.jobs.evaluate import evaluate
 from onnxcam.explainer import Explainer
 
 ROOT = Path(__file__).resolve().parent.parent

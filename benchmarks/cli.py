@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxcam.datasets.shapes import write_dataset
-from onnxcam.explain_images import collect_images, explain_images
+from onnxcam.jobs.explain import collect_images, explain_images
 from onnxcam.explainer import Explainer
 from onnxcam.images import preprocess, read_image, resolve_preprocessing
 from onnxcam.runtime import choose_providers, make_session

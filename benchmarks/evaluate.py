@@ -37,7 +37,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from onnxcam.datasets.shapes import write_dataset
-    from onnxcam.evaluate import JSON_NAME, METRICS
+    from onnxcam.jobs.evaluate import JSON_NAME, METRICS
     from onnxcam.methods import METHODS
 
     out: Path = args.out

@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = f"{pool + 1} intra-op (1 caller + {pool} pool workers)" if before else "unknown (no /proc)"
 
     setup = time.perf_counter()
-    default = onnxcam.GradientRunner(path, device="cpu")
-    at_middle = onnxcam.GradientRunner(path, layers=middle, device="cpu")
-    at_input = onnxcam.GradientRunner(path, input_gradient=True, device="cpu")
+    default = onnxcam.ReverseRunner(path, device="cpu")
+    at_middle = onnxcam.ReverseRunner(path, layers=middle, device="cpu")
+    at_input = onnxcam.ReverseRunner(path, with_input=True, device="cpu")
     setup = time.perf_counter() - setup
 
     variants = [

@@ -24,7 +24,7 @@ from onnxcam.datasets.shapes import write_dataset  # noqa: E402
 
 CHILD = """
 import sys
-from onnxcam.explain_images import explain_images
+from onnxcam.jobs.explain import explain_images
 summary = explain_images(sys.argv[1], [sys.argv[2]], sys.argv[3], methods=["gradcam"], batch_size=int(sys.argv[4]),
                          device="cpu")
 print(summary.done, summary.failed, round(summary.seconds, 2))

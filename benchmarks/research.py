@@ -4,7 +4,7 @@
 
 Generates the benchmark (`onnxcam.datasets.shapes.write_dataset`, test seed 2, the held-out set of
 models/shapes_resnet.onnx; BroadCAM's training images from seed 1, the model's training seed) into a temporary
-folder (or --data), then scores every method with `onnxcam.evaluate.evaluate` (targets: the labels; all metrics:
+folder (or --data), then scores every method with `onnxcam.jobs.evaluate.evaluate` (targets: the labels; all metrics:
 AD/AI/AG, deletion/insertion AUC, ROAD MoRF/LeRF, pointing game, energy pointing game, seconds per image).
 
 Settings (issue 6):
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from onnxcam.broadcam_fit import fit_broadcam, read_dataset
+from onnxcam.jobs.fit_broadcam import fit_broadcam, read_dataset
 from onnxcam.datasets.shapes import write_dataset
-from onnxcam.evaluate import METRICS, evaluate
+from onnxcam.jobs.evaluate import METRICS, evaluate
 from onnxcam.explainer import Explainer
 from onnxcam.images import preprocess, read_image
 
@@ -294,7 +294,7 @@ def report(tables: list[ResearchTable], settings: Settings, command: str, second
         f"- data: {settings.images} test images of the shapes benchmark (seed {TEST_SEED}, the held-out set of "
         f"shapes_resnet; one object per image, target = its label); BroadCAM fitted on the first 50 / 200 of "
         f"{settings.train_images} training images (seed {TRAIN_SEED}, ridge 50).",
-        f"- metrics: `onnxcam.evaluate` (AD/AI/AG with pixel-space masking towards black and softmax "
+        f"- metrics: `onnxcam.jobs.evaluate` (AD/AI/AG with pixel-space masking towards black and softmax "
         f"probabilities; deletion/insertion AUC with {settings.steps} steps; ROAD with noisy linear imputation "
         f"at 10/30/50/70/90 % on the first {settings.road_images} items; pointing game at 0 px; energy pointing "
         f"game in the object's box). `ms / image`: the explanation alone, batches of {settings.batch_size}; "

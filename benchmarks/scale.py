@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from onnxcam.datasets.shapes import write_dataset
-from onnxcam.explain_images import explain_images
+from onnxcam.jobs.explain import explain_images
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from onnxcam.graph.load import load_model
-from onnxcam.graph.rewrite import GRAD_PREFIX, SEED, gradient_model
+from onnxcam.graph.reverse.model import GRAD_PREFIX, SEED, gradient_model
 
 IR_VERSION = 8
 

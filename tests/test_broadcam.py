@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from onnxcam import cli
-from onnxcam.broadcam_fit import BroadcamFit, fit_broadcam, fit_weights, read_dataset, ridge, stage_layers
+from onnxcam.methods.broadcam import BroadcamFit
+from onnxcam.jobs.fit_broadcam import fit_broadcam, fit_weights, read_dataset, ridge, stage_layers
 from onnxcam.datasets.shapes import write_dataset
 from onnxcam.errors import InputError
 from onnxcam.explainer import Explainer
@@ -129,7 +130,7 @@ def test_cli_fit_then_explain(data: tuple[Path, Path], tmp_path: Path) -> None:
     result = runner.invoke(cli.app, ["explain", str(MODEL), str(image), "--method", "broadcam", "--fit", str(fit),
                                      "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    saved = np.load(out / "shape_00000.broadcam.npy")
+    saved = np.load(out / "shape_00000.png.broadcam.npy")
     assert saved.shape == (96, 96) and saved.max() == pytest.approx(1.0)
 
 
@@ -152,7 +153,7 @@ def test_transformer_token_layers_are_refused_and_not_defaults() -> None:
     vit = Explainer(MODEL.parent / "torch_exports" / "vit_op18.onnx")
     tokens = [t.name for t in vit.tensors if t.layout in ("BTC", "BCT")]
     assert tokens and not set(stage_layers(vit)) & set(tokens)
-    from onnxcam.broadcam_fit import _layouts
+    from onnxcam.jobs.fit_broadcam import _layouts
     from onnxcam.errors import LayerError
 
     with pytest.raises(LayerError, match="token tensor"):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from onnxcam.explain_images import explain_images
+from onnxcam.jobs.explain import explain_images
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "shapes_resnet.onnx"

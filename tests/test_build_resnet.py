@@ -58,7 +58,7 @@ def test_default_layer_is_last_stage_output(small_resnet18: onnx.ModelProto) -> 
 
 
 def test_gradient_runner_default_layer(small_resnet18: onnx.ModelProto) -> None:
-    runner = onnxcam.GradientRunner(small_resnet18, device="cpu")
+    runner = onnxcam.ReverseRunner(small_resnet18, device="cpu")
     assert runner.default_layer == "layer4.1.relu_1"
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     result = runner.run(x)

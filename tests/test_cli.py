@@ -17,7 +17,9 @@ from toy_models import nhwc_cnn, tiny_cnn
 from typer.testing import CliRunner
 
 from onnxcam import cli
-from onnxcam.explain_images import collect_images, explain_images
+from onnxcam.errors import InputError
+from onnxcam.files import collect_inputs
+from onnxcam.jobs.explain import explain_images
 
 ROOT = Path(__file__).resolve().parent.parent
 RESNET = ROOT / "models" / "torch_exports" / "resnet_op13.onnx"
@@ -53,12 +55,12 @@ def test_single_image(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(cli.app, ["explain", str(RESNET), str(image), "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    cam = np.load(out / "one.gradcam.npy")
+    cam = np.load(out / "one.png.gradcam.npy")
     assert cam.dtype == np.float32 and cam.shape == (41, 29) and 0 <= cam.min() and cam.max() <= 1
-    assert cv2.imread(str(out / "one.gradcam.png")).shape == (41, 29, 3)
+    assert cv2.imread(str(out / "one.png.gradcam.png")).shape == (41, 29, 3)
     (rec,) = _results(out)
     assert rec["status"] == "ok" and rec["method"] == "gradcam" and rec["target"] == rec["predicted"]
-    assert rec["paths"] == {"overlay": "one.gradcam.png", "map": "one.gradcam.npy"}
+    assert rec["paths"] == {"overlay": "one.png.gradcam.png", "map": "one.png.gradcam.npy"}
     report = (out / "report.html").read_text()
     assert "data:image/jpeg;base64," in report and "one.png" in report
     assert not [p for p in out.iterdir() if p.name.endswith((".tmp", ".partial"))]
@@ -72,8 +74,8 @@ def test_folder_with_bad_files_and_resume(tmp_path: Path, mixed_folder: Path) ->
     assert result.exit_code == 1, result.output
     for stem in ("good", "a/b/deep"):
         for method in ("gradcam", "eigencam"):
-            assert (out / f"{stem}.{method}.png").is_file() and (out / f"{stem}.{method}.npy").is_file()
-    assert np.load(out / "a/b/deep.gradcam.npy").shape == (50, 70)
+            assert (out / f"{stem}.png.{method}.png").is_file() and (out / f"{stem}.png.{method}.npy").is_file()
+    assert np.load(out / "a/b/deep.png.gradcam.npy").shape == (50, 70)
     records = _results(out)
     failed = {Path(r["image"]).name: r["error"] for r in records if r["status"] == "failed"}
     assert set(failed) == {"random.png", "empty.png", "text.jpg"}
@@ -81,16 +83,16 @@ def test_folder_with_bad_files_and_resume(tmp_path: Path, mixed_folder: Path) ->
     assert sum(r["status"] == "ok" for r in records) == 4  # 2 images x 2 methods
     assert "failed" in result.output and "Traceback" not in result.output
 
-    before = (out / "good.gradcam.npy").stat().st_mtime_ns
+    before = (out / "good.png.gradcam.npy").stat().st_mtime_ns
     again = runner.invoke(cli.app, [*args, "--resume"])
     assert again.exit_code == 1  # the bad files are tried again and fail again
     statuses = [r["status"] for r in _results(out)]
     assert statuses.count("skipped") == 4 and statuses.count("ok") == 0
-    assert (out / "good.gradcam.npy").stat().st_mtime_ns == before
+    assert (out / "good.png.gradcam.npy").stat().st_mtime_ns == before
     assert "good.png" in (out / "report.html").read_text()
 
     # An incomplete output (truncated .npy) is redone.
-    npy = out / "good.eigencam.npy"
+    npy = out / "good.png.eigencam.npy"
     npy.write_bytes(npy.read_bytes()[:-10])
     runner.invoke(cli.app, [*args, "--resume"])
     redone = [r for r in _results(out) if r["image"].endswith("good.png")]
@@ -98,7 +100,7 @@ def test_folder_with_bad_files_and_resume(tmp_path: Path, mixed_folder: Path) ->
 
 
 def test_report_limit(tmp_path: Path) -> None:
-    from onnxcam.explain_images import Summary, write_report
+    from onnxcam.jobs.explain import Summary, write_report
 
     _png(tmp_path / "a.png")
     records = [{"image": f"img{i}.png", "status": "ok", "paths": {"overlay": "a.png"}} for i in range(5)]
@@ -123,13 +125,14 @@ def test_resume_from_files_alone_and_changed_target(tmp_path: Path) -> None:
     out = tmp_path / "in" / "out"  # inside the input folder: its overlays must not become inputs
     assert explain_images(RESNET, [tmp_path / "in"], out, device="cpu").done == 1
     assert explain_images(RESNET, [tmp_path / "in"], out, device="cpu").done == 1
-    (out / "results.jsonl").unlink()
     assert explain_images(RESNET, [tmp_path / "in"], out, device="cpu", resume=True).skipped == 1
+    (out / "results.jsonl").unlink()  # files alone say nothing of the run that made them: redone
+    assert explain_images(RESNET, [tmp_path / "in"], out, device="cpu", resume=True).done == 1
     first = explain_images(RESNET, [tmp_path / "in"], out, device="cpu", target=5)
     assert first.done == 1 and first.records[0]["target"] == 5
     assert explain_images(RESNET, [tmp_path / "in"], out, device="cpu", target=5, resume=True).skipped == 1
-    changed = explain_images(RESNET, [tmp_path / "in"], out, device="cpu", target=6, resume=True)
-    assert changed.done == 1 and changed.records[0]["target"] == 6
+    with pytest.raises(InputError, match=r"--resume: this run differs .*targets .*use another --out"):
+        explain_images(RESNET, [tmp_path / "in"], out, device="cpu", target=6, resume=True)
 
 
 def test_subprocess_glob_and_top_k(tmp_path: Path) -> None:
@@ -142,7 +145,7 @@ def test_subprocess_glob_and_top_k(tmp_path: Path) -> None:
     assert len(records) == 4 and all(r["status"] == "ok" for r in records)
     first = [r for r in records if r["image"].endswith("01_circle.png")]
     assert first[0]["target"] == first[0]["predicted"] and first[1]["target"] != first[0]["target"]
-    assert (out / f"01_circle.gradcam.c{first[1]['target']}.npy").is_file()
+    assert (out / f"01_circle.png.gradcam.c{first[1]['target']}.npy").is_file()
     assert "report:" in proc.stdout
 
 
@@ -153,7 +156,7 @@ def test_nhwc_model(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(cli.app, ["explain", str(model), str(image), "-o", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    cam = np.load(out / "img.gradcam.npy")
+    cam = np.load(out / "img.png.gradcam.npy")
     assert cam.shape == (23, 31) and cam.max() > 0
 
 
@@ -176,7 +179,7 @@ def test_uint8_nhwc_model(tmp_path: Path) -> None:
     image = _png(tmp_path / "img.png", 20, 24)
     summary = explain_images(path, [image], tmp_path / "out", device="cpu")
     assert summary.done == 1, summary.records
-    assert np.load(tmp_path / "out" / "img.gradcam.npy").shape == (20, 24)
+    assert np.load(tmp_path / "out" / "img.png.gradcam.npy").shape == (20, 24)
 
 
 def test_labels_and_targets(tmp_path: Path) -> None:
@@ -275,8 +278,8 @@ def test_collect_images_names(tmp_path: Path) -> None:
     for root in ("r1", "r2"):
         _png(tmp_path / root / "same" / "a.png")
     (tmp_path / "r1" / "skip.txt").write_text("x")
-    jobs = collect_images([tmp_path / "r1", tmp_path / "r2", str(tmp_path / "r1" / "**" / "*.png")])
-    assert [j.name for j in jobs] == ["same/a", "same/a~2"]  # the glob's match is a duplicate file, dropped
+    jobs = collect_inputs([tmp_path / "r1", tmp_path / "r2", str(tmp_path / "r1" / "**" / "*.png")])
+    assert [j.name for j in jobs] == ["same/a.png", "same/a.png~2"]  # the glob's match is a duplicate file, dropped
 
 
 def test_methods_table() -> None:
@@ -285,8 +288,10 @@ def test_methods_table() -> None:
 
 
 def test_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not cli.DEMO_MODEL.is_file():  # the bundled model may not be built in this checkout
-        monkeypatch.setattr(cli, "DEMO_MODEL", RESNET)
+    import onnxcam.cli.demo as demo
+
+    if not demo.DEMO_MODEL.is_file():  # the bundled model may not be built in this checkout
+        monkeypatch.setattr(demo, "DEMO_MODEL", RESNET)
     result = runner.invoke(cli.app, ["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "report.html").is_file() and "report.html" in result.output
@@ -298,7 +303,7 @@ def test_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
     explain_images(RESNET, [image], tmp_path / "o", device="cpu")
     reference = tmp_path / "plain.txt"
     reference.write_text("x")  # created by open(): 0o666 minus the umask
-    for name in ("report.html", "results.jsonl", "p.gradcam.png", "p.gradcam.npy"):
+    for name in ("report.html", "results.jsonl", "p.png.gradcam.png", "p.png.gradcam.npy"):
         assert os.stat(tmp_path / "o" / name).st_mode & 0o777 == os.stat(reference).st_mode & 0o777
 
 
@@ -310,17 +315,21 @@ def test_method_options_reach_the_method_and_typos_are_refused(tmp_path: Path) -
         out = tmp_path / name
         result = runner.invoke(cli.app, ["explain", str(demo), image, "-m", "relevancecam", "--out", str(out), *extra])
         assert result.exit_code == 0, result.output
-        maps[name] = np.load(out / "01_circle.relevancecam.npy")
+        maps[name] = np.load(out / "01_circle.png.relevancecam.npy")
     assert np.abs(maps["default"] - maps["epsilon"]).max() > 1e-3  # the option changed the rule
     typo = runner.invoke(cli.app, ["explain", str(demo), image, "--option", "rulez=epsilon", "--out",
                                    str(tmp_path / "typo")])
     assert typo.exit_code == 2 and "rulez" in typo.output
 
 
-def test_task_models_refuse_options_they_do_not_support_yet(tmp_path: Path) -> None:
-    result = runner.invoke(cli.app, ["explain", str(ROOT / "models" / "shapes_segmenter.onnx"),
-                                     str(IMAGES / "01_circle.png"), "--resume", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "--resume not supported yet" in result.output
+def test_task_models_take_resume_and_refuse_top_k_with_the_reason(tmp_path: Path) -> None:
+    args = ["explain", str(ROOT / "models" / "shapes_segmenter.onnx"), str(IMAGES / "01_circle.png"),
+            "--out", str(tmp_path / "o"), "--device", "cpu"]
+    assert runner.invoke(cli.app, args).exit_code == 0
+    again = runner.invoke(cli.app, [*args, "--resume"])
+    assert again.exit_code == 0 and _results(tmp_path / "o")[0]["status"] == "skipped"
+    refused = runner.invoke(cli.app, [*args, "--top-k", "2"])
+    assert refused.exit_code == 2 and "top_k explains the k best classes of a classifier" in refused.output
 
 
 def test_inspect_table_always_shows_the_default_layer() -> None:
@@ -334,7 +343,7 @@ def test_inspect_table_always_shows_the_default_layer() -> None:
 
 
 def test_summary_keeps_failures_and_a_bounded_number_of_records(monkeypatch) -> None:
-    import onnxcam.explain_images as ei
+    import onnxcam.jobs.records as ei
 
     monkeypatch.setattr(ei, "REPORT_LIMIT", 3)
     summary = ei.Summary()

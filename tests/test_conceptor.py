@@ -127,8 +127,8 @@ def test_bad_aperture():
 # --- the method -------------------------------------------------------------------------------------------------
 def test_get_method_composes_any_base_and_lists_one_row():
     spec = get_method("conceptor-gradcam++")
-    assert spec.name == "conceptor-gradcam++" and spec.needs == "gradients" and spec.family == "research"
-    assert get_method("conceptor-scorecam").needs == "activations"
+    assert spec.name == "conceptor-gradcam++" and spec.needs == ("gradients",) and spec.family == "research"
+    assert get_method("conceptor-scorecam").needs == ("scores_of",)
     assert get_method("conceptor-gradcam") is get_method("conceptor-gradcam")
     assert "conceptor-gradcam" not in METHODS and COMPOSERS["conceptor"].listing.name == "conceptor-<base>"
     with pytest.raises(InputError, match="unknown method 'nosuch'"):
@@ -162,7 +162,7 @@ def test_a_huge_aperture_gives_back_the_base_where_it_points(shapes):
     # with positive evidence only, C -> the projector onto the span of the supported states as the aperture grows,
     # so at the positions the base map supports, the projected map -> the base map
     explainer, x = shapes
-    evidence = explainer._evidence(x, None, explainer.layer, "gradients")[0]
+    evidence = explainer.evidence(x, None, explainer.layer, method="gradcam")[0]
     maps = conceptor_cam(get_method("gradcam"), evidence, aperture=1e6, conceptor_evidence="positive")
     base = combine(get_method("gradcam").fn(evidence), evidence.activations, eigen_smooth=False)
     support = base > 0

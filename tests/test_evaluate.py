@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from onnxcam.cli import app
 from onnxcam.datasets.shapes import write_dataset
 from onnxcam.errors import InputError
-from onnxcam.evaluate import evaluate, parse_metrics, target_region
+from onnxcam.jobs.evaluate import evaluate, parse_metrics, target_region
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "shapes_resnet.onnx"
 FAST = ["--steps", "4", "--road-percentages", "50", "--metric-limit", "road=4", "--batch-size", "8"]

@@ -20,7 +20,8 @@ from toy_models import tiny_cnn
 
 import onnxcam
 from onnxcam.errors import OnnxcamError
-from onnxcam.explain_images import collect_images, explain_images
+from onnxcam.files import collect_inputs
+from onnxcam.jobs.explain import explain_images
 from onnxcam.graph.load import load_model
 from onnxcam.images import ImageError, read_image
 
@@ -96,8 +97,8 @@ def test_symlink_loops_and_dangling_links_are_walked_once(tmp_path):
     os.symlink(root, root / "a" / "loop")
     os.symlink("missing.png", root / "a" / "dangling.png")
     os.symlink("x.png", root / "a" / "alias.png")
-    jobs = collect_images([root])
-    assert [job.name for job in jobs] == ["a/alias"] or [job.name for job in jobs] == ["a/x"]
+    jobs = collect_inputs([root])
+    assert [job.name for job in jobs] == ["a/alias.png"] or [job.name for job in jobs] == ["a/x.png"]
 
 
 # --- fuzzing ------------------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def test_output_paths_stay_under_out(tmp_path_factory, paths):
         except OSError:  # a name clashes with a folder of the same name: not a case for this test
             continue
     try:
-        jobs = collect_images([root], exclude=out)
+        jobs = collect_inputs([root], exclude=out)
     except OnnxcamError:
         return  # no image found (every write clashed)
     names = [job.name for job in jobs]

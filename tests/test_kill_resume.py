@@ -85,7 +85,7 @@ def test_resume_removes_only_our_stale_temporaries(tmp_path):
     """write_bytes' temporaries are .<name>.<pid>.<thread>.tmp; a user's own .tmp files in --out stay."""
     import threading
 
-    from onnxcam.explain_images import _remove_stale_temporaries
+    from onnxcam.files import remove_stale_temporaries as _remove_stale_temporaries
     from onnxcam.render import write_bytes
 
     out = tmp_path / "out"
@@ -98,5 +98,5 @@ def test_resume_removes_only_our_stale_temporaries(tmp_path):
     _remove_stale_temporaries(out)
     assert [p.exists() for p in ours] == [False] * len(ours)
     assert all(p.exists() for p in theirs)
-    write_bytes(out / "a.gradcam.png", b"whole")  # the name write_bytes uses is the one removed above
-    assert (out / "a.gradcam.png").read_bytes() == b"whole" and not list(out.glob(".a.gradcam.png.*"))
+    write_bytes(out / "a.png.gradcam.png", b"whole")  # the name write_bytes uses is the one removed above
+    assert (out / "a.png.gradcam.png").read_bytes() == b"whole" and not list(out.glob(".a.gradcam.png.*"))

@@ -116,7 +116,7 @@ def test_old_ir_initializers_as_inputs():
 
 
 def result_default(model):
-    return onnxcam.GradientRunner(model, device="cpu").default_layer
+    return onnxcam.ReverseRunner(model, device="cpu").default_layer
 
 
 @pytest.mark.parametrize("opset", [9, 11, 13, 15])
@@ -137,7 +137,7 @@ def test_old_opsets_are_upgraded_and_differentiate(opset):
     assert default_opset(loaded) >= MIN_OPSET
     x = rng.standard_normal((2, 3)).astype(np.float32)
     seed = rng.standard_normal((2,)).astype(np.float32)
-    result = onnxcam.GradientRunner(model, layers=["x"], device="cpu").run(x, seed)
+    result = onnxcam.ReverseRunner(model, layers=["x"], device="cpu").run(x, seed)
     expected = seed[:, None] * (x > 0) / 3.0
     np.testing.assert_allclose(result.gradients["x"], expected, rtol=1e-6)
 

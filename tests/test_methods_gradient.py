@@ -13,9 +13,10 @@ A = rng.random((N, K, H, W))
 G = rng.standard_normal((N, K, H, W))
 
 
-def evidence(**extras):
-    ev = Evidence(A, G, np.array([1, 2]), rng.standard_normal((N, 3)), np.zeros((N, 3, 6, 10)), "layer")
-    ev.extras.update(extras)
+def evidence(**fields):
+    ev = Evidence(A, np.array([1, 2]), rng.standard_normal((N, 3)), np.zeros((N, 3, 6, 10)), "layer", gradients=G)
+    for name, value in fields.items():
+        setattr(ev, name, value)
     return ev
 
 
@@ -122,7 +123,7 @@ def test_eigen_smooth_follows_eigen_sign():
 
     explainer = Explainer(nhwc_cnn(), device="cpu")
     x = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
-    ev = explainer._evidence(x, None, [explainer.default_layer], "gradients")[0]
+    ev = explainer.evidence(x, None, [explainer.default_layer], method="gradcam")[0]
     weights = METHODS["gradcam"].fn(ev)
     for sign in ("svd", "activation"):
         expected = normalise(principal_projection(weights[:, :, None, None] * ev.activations, sign), (16, 16))

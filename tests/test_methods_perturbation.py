@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.explainer import Explainer
-from onnxcam.graph.autodiff import ancestors
+from onnxcam.graph.topo import ancestors
 from onnxcam.graph.head import extract_head
 from onnxcam.methods import Evidence, get_method
 
@@ -111,7 +111,7 @@ def case() -> dict[str, Any]:
 
 
 def evidence(ex: Explainer, x: np.ndarray, method: str, targets: Any, layer: str = "feat") -> Evidence:
-    return ex._evidence(x, targets, [layer], get_method(method).needs)[0]
+    return ex.evidence(x, targets, [layer], method=method)[0]
 
 
 def run(ex: Explainer, x: np.ndarray, method: str, targets: Any, layer: str = "feat", **options: Any) -> np.ndarray:
@@ -260,7 +260,7 @@ def test_fullgrad_maps(case: dict[str, Any], bn: bool, how: str) -> None:
 
 
 def test_fullgrad_finds_biases_on_the_resnet(resnet: Explainer) -> None:
-    from onnxcam.methods.fullgrad import layer_biases
+    from onnxcam.graph.head import biased_outputs as layer_biases
 
     biases = layer_biases(resnet.model, resnet.score)
     convs = [n.output[0] for n in resnet.model.graph.node if n.op_type == "Conv"]
@@ -316,18 +316,18 @@ def test_resnet_end_to_end(resnet: Explainer, method: str, options: dict[str, An
 def test_layer_perturbations_run_only_the_head(resnet: Explainer, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     layer = "layer3.1.relu_1"   # mid-network, so the head is a real subgraph (layer4 + pooling + fc)
     forward_calls: list[tuple[str, ...]] = []
-    original = resnet._forward_session
+    original = resnet.view.forward_session
 
     def counted(tensors: tuple[str, ...]) -> Any:
         forward_calls.append(tensors)
         return original(tensors)
-    monkeypatch.setattr(resnet, "_forward_session", counted)
-    monkeypatch.setattr(resnet, "_scores_of", lambda batch: pytest.fail("the full model ran on a perturbation"))
+    monkeypatch.setattr(resnet.view, "forward_session", counted)
+    monkeypatch.setattr(resnet._evidence, "_scores_of", lambda batch: pytest.fail("the full model ran on a perturbation"))
     x = np.random.default_rng(2).standard_normal((1, 3, 64, 64)).astype(np.float32)
     maps = resnet.explain(x, method, layer=layer)
     assert maps.shape == (1, 64, 64) and maps.max() > 0
     assert forward_calls == [(layer,)]  # the evidence's one forward pass; perturbations go through the head
-    session, extra = resnet._head_session(layer, scaled=method == "ablationcam")
+    session, extra = resnet.view.head_session(layer, scaled=method == "ablationcam")
     expected_inputs = [layer, "onnxcam_scale"] if method == "ablationcam" else [layer]
     assert [i.name for i in session.get_inputs()] == expected_inputs and extra == []
     head = extract_head(resnet.model, layer, resnet.score).model
@@ -351,7 +351,7 @@ def test_scorecam_scores_constant_channels_once():
         seen.append(len(batch))
         return batch.reshape(len(batch), -1).astype(np.float64) @ weights.T
 
-    ev = Evidence(acts, None, np.array([2]), np.zeros((1, 4)), rng.random((1, 3, 8, 8)), "l", input_size=(8, 8))
+    ev = Evidence(acts, np.array([2]), np.zeros((1, 4)), rng.random((1, 3, 8, 8)), "l", input_size=(8, 8))
     ev.scores_of = scores_of
     got = scorecam(ev, batch_size=1)
     assert sum(seen) == 3  # channels 0 and 2, plus one run for the four constant ones
@@ -379,12 +379,11 @@ def test_ablation_after_global_pooling_equals_ablating_the_layer(resnet: Explain
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """At the last stage the head starts with global average pooling: zeroing a channel there is exact."""
     layer = resnet.default_layer
-    assert resnet._pooled(layer) is not None  # the fast path is taken on this model
     x = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    ev = resnet._evidence(x, [1, 2], [layer], "activations")[0]
-    assert "channel_ablation" in ev.extras
+    ev = resnet.evidence(x, [1, 2], [layer], method="ablationcam")[0]
+    assert ev.channel_ablation is not None  # the fast path is taken on this model
     fast = get_method("ablationcam").fn(ev)
-    del ev.extras["channel_ablation"]
+    ev.channel_ablation = None
     slow = get_method("ablationcam").fn(ev)
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6)
 

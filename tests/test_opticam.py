@@ -50,7 +50,7 @@ def small() -> tuple[Explainer, np.ndarray]:
 
 
 def _problem(explainer: Explainer, x: np.ndarray, **options: str) -> MaskProblem:
-    evidence = explainer._evidence(x, [0, 1, 3], ["feat"], "gradients")[0]
+    evidence = explainer.evidence(x, [0, 1, 3], ["feat"], method="opticam")[0]
     return MaskProblem(evidence, **options)
 
 
@@ -101,7 +101,7 @@ def shapes() -> tuple[Explainer, np.ndarray]:
 
 def test_optimisation_lowers_the_loss_on_the_shapes_model(shapes):
     explainer, x = shapes
-    evidence = explainer._evidence(x, None, explainer.layer, "gradients")[0]
+    evidence = explainer.evidence(x, None, explainer.layer, method="opticam")[0]
     problem = MaskProblem(evidence)
     start = np.full((4, evidence.activations.shape[1]), 0.5)
     before = problem.objective(start, np.arange(4))[0]
@@ -123,7 +123,7 @@ def test_opticam_end_to_end_and_batch_independent(shapes):
 def test_zero_iterations_is_the_uniform_weight_map(shapes):
     explainer, x = shapes
     maps = explainer.explain(x[:2], "opticam", iterations=0)
-    evidence = explainer._evidence(x[:2], None, explainer.layer, "gradients")[0]
+    evidence = explainer.evidence(x[:2], None, explainer.layer, method="opticam")[0]
     uniform = MaskProblem(evidence).masks(np.zeros((2, evidence.activations.shape[1])), np.arange(2))[0]
     np.testing.assert_allclose(maps, uniform, atol=1e-6)
 

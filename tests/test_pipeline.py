@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from onnxcam.datasets.shapes import write_dataset
-from onnxcam.explain_images import explain_images
-from onnxcam.pipeline import run_ordered
+from onnxcam.jobs.explain import explain_images
+from onnxcam.jobs.pipeline import run_ordered
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "shapes_resnet.onnx"
@@ -79,14 +79,14 @@ def test_a_failing_stage_stops_the_run_and_is_raised(stage: str, writers: int) -
 def test_a_failed_write_is_reported_per_image(tmp_path: Path) -> None:
     write_dataset(tmp_path / "ds", 5, seed=4)
     out = tmp_path / "out"
-    blocked = out / "shape_00002.gradcam.png"
+    blocked = out / "shape_00002.png.gradcam.png"
     blocked.mkdir(parents=True)  # a folder where the overlay should go: os.replace onto it fails
     summary = explain_images(MODEL, [tmp_path / "ds" / "images"], out, batch_size=2, device="cpu")
     assert (summary.done, summary.failed) == (4, 1)
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["name"] for r in records] == [f"shape_{i:05d}" for i in range(5)]
+    assert [r["name"] for r in records] == [f"shape_{i:05d}.png" for i in range(5)]
     (bad,) = [r for r in records if r["status"] == "failed"]
-    assert bad["name"] == "shape_00002" and "writing the outputs failed" in bad["error"]
+    assert bad["name"] == "shape_00002.png" and "writing the outputs failed" in bad["error"]
 
 
 def _outputs(out: Path) -> dict[str, Path]:
@@ -140,7 +140,7 @@ def test_killed_run_resumes_to_the_same_outputs(tmp_path: Path) -> None:
             np.testing.assert_allclose(np.load(out / name), np.load(path), atol=1e-6, err_msg=name)
     lines = (out / "results.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert [(r["name"], r["method"]) for r in records] == [(f"shape_{i:05d}", m) for i in range(40)
+    assert [(r["name"], r["method"]) for r in records] == [(f"shape_{i:05d}.png", m) for i in range(40)
                                                            for m in methods.split(",")]
     statuses = {r["status"] for r in records}
     assert statuses == {"ok", "skipped"}  # some kept from the killed run, the rest redone

@@ -15,10 +15,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.errors import OnnxcamError
-from onnxcam.explain_images import explain_images
+from onnxcam.jobs.explain import explain_images
 from onnxcam.explainer import Explainer
-from onnxcam.gradients import gradients
-from onnxcam.graph.rewrite import expose
+from onnxcam.runners import gradients
+from onnxcam.graph.reverse.model import expose
 from onnxcam.runtime import choose_providers, cuda_usable, make_session, provider_problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,5 +159,5 @@ def test_float16_model_through_explain_images(tmp_path: Path) -> None:
     onnx.save(small_cnn(TensorProto.FLOAT16), str(model))
     summary = explain_images(model, [folder], tmp_path / "out", device="cpu", methods=["gradcam", "eigencam"])
     assert (summary.done, summary.failed) == (3, 0)
-    cam = np.load(tmp_path / "out" / "0.gradcam.npy")
+    cam = np.load(tmp_path / "out" / "0.png.gradcam.npy")
     assert cam.dtype == np.float32 and cam.shape == (20, 24) and np.isfinite(cam).all()

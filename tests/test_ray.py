@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from onnxcam import cli
-from onnxcam.explain_images import explain_images
+from onnxcam.jobs.explain import explain_images
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "shapes_resnet.onnx"
@@ -69,13 +69,13 @@ def test_ray_engine_matches_the_local_run_and_resumes(tmp_path: Path, ray_cluste
     assert not (distributed / "results.jsonl.partial").exists()
 
     # A rerun skips the finished images: one map removed is the only image redone.
-    (distributed / "nested" / "03_ring.eigencam.npy").unlink()
+    (distributed / "nested" / "03_ring.png.eigencam.npy").unlink()
     again = explain_images(MODEL, [folder], distributed, methods=methods, batch_size=3, device="cpu",
                            engine="ray", resume=True)
     assert (again.done, again.failed, again.skipped) == (1, 1, 7)
     assert _records(distributed) == _records(local)
-    np.testing.assert_allclose(np.load(distributed / "nested" / "03_ring.eigencam.npy"),
-                               np.load(local / "nested" / "03_ring.eigencam.npy"), atol=1e-6)
+    np.testing.assert_allclose(np.load(distributed / "nested" / "03_ring.png.eigencam.npy"),
+                               np.load(local / "nested" / "03_ring.png.eigencam.npy"), atol=1e-6)
 
 
 def test_ray_engine_from_the_cli(tmp_path: Path, ray_cluster) -> None:

@@ -19,9 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxcam
 from onnxcam.errors import GradientError, InputError
-from onnxcam.graph.relevance import LrpOptions
-from onnxcam.graph.rewrite import expose
-from onnxcam.relevance import RelevanceRunner
+from onnxcam.graph.reverse.relevance import LrpOptions
+from onnxcam.graph.reverse.model import expose
+from onnxcam.runners import ReverseRunner
 
 ROOT = Path(__file__).parent.parent
 RESNET = ROOT / "models" / "shapes_resnet.onnx"
@@ -55,7 +55,7 @@ def forward(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[st
 def relevance_at(model: onnx.ModelProto, x: np.ndarray, seed: np.ndarray, layers: list[str],
                  initial: str = "seed", **options: Any) -> dict[str, np.ndarray]:
     """Relevance at `layers` for the initial relevance `seed` (N, K)."""
-    runner = RelevanceRunner(model, layers, options=LrpOptions(**options), initial=initial, device="cpu")
+    runner = ReverseRunner(model, layers, lrp=LrpOptions(**options), initial=initial, device="cpu")
     return runner.run(x, seed.astype(np.float32)).relevance
 
 
@@ -305,7 +305,7 @@ def test_add_splits_in_proportion_as_the_official_code() -> None:
     x = RNG.standard_normal((2, 3, 4, 4)).astype(np.float32)
     s = (RNG.standard_normal((2, 3, 4, 4)) + 1.0).astype(np.float32)
     seed = RNG.standard_normal((2, 48))
-    runner = RelevanceRunner(model, ["x", "s"], initial="seed", device="cpu")
+    runner = ReverseRunner(model, ["x", "s"], lrp=LrpOptions(), initial="seed", device="cpu")
     session = runner.session
     names = ["onnxcam_relevance:x", "onnxcam_relevance:s"]
     got = session.run(names, {"x": x, "s": s, "onnxcam_seed": seed.astype(np.float32)})
@@ -528,7 +528,7 @@ def test_vision_transformer_tokens() -> None:
 
 
 def test_inspect_leaves_out_relevancecam_when_an_op_has_no_relevance_rule(tmp_path: Path) -> None:
-    from onnxcam.cli import _inspect
+    from onnxcam.cli.inspect import describe_model as _inspect
 
     w, fc = RNG.standard_normal((4, 3, 3, 3)), RNG.standard_normal((5, 4))
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Sin", ["c"], ["s"]),

@@ -12,7 +12,7 @@ from onnxcam.errors import GradientError, LayerError
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.head import extract_head
 from onnxcam.graph.load import load_model
-from onnxcam.graph.rewrite import gradient_model
+from onnxcam.graph.reverse.model import gradient_model
 
 rng = np.random.default_rng(0)
 
@@ -29,8 +29,8 @@ def test_rewritten_model_is_standard_and_loads_with_defaults():
 
 
 def test_dynamic_batch_and_size_stay_dynamic():
-    runner = onnxcam.GradientRunner(tiny_cnn(batch="N", size="S"), layers=["feat"], input_gradient=True,
-                                    device="cpu")
+    runner = onnxcam.ReverseRunner(tiny_cnn(batch="N", size="S"), layers=["feat"], with_input=True,
+                                   device="cpu")
     dims = runner.session.get_inputs()[0].shape
     assert isinstance(dims[0], str) and isinstance(dims[2], str)
     for batch, size in [(1, 8), (3, 11)]:
@@ -52,7 +52,7 @@ def test_gradient_matches_analytic_for_linear_head():
 
 
 def test_default_seed_is_predicted_class():
-    runner = onnxcam.GradientRunner(tiny_cnn(), layers=["feat"], device="cpu")
+    runner = onnxcam.ReverseRunner(tiny_cnn(), layers=["feat"], device="cpu")
     x = image(4)
     default = runner.run(x)
     explicit = runner.run(x, default.scores.argmax(axis=1))
@@ -100,8 +100,11 @@ def test_unknown_layer_suggests_close_names():
 def test_missing_rule_names_op_node_and_alternatives():
     model = tiny_cnn()
     model.graph.node[1].op_type = "Det"  # no rule: it must be named (the model is never run)
-    with pytest.raises(GradientError, match=r"'Det' \(node 'relu', output 'feat'\).*eigencam"):
+    with pytest.raises(GradientError, match=r"'Det' \(node 'relu', output 'feat'\).*needs no gradient"):
         onnxcam.gradients(model, image(), layers="scaled")
+    # the graph names no method; the explainer adds the registry's gradient-free ones
+    with pytest.raises(GradientError, match=r"'Det'.*eigencam.*scorecam"):
+        onnxcam.Explainer(model, layer="scaled", device="cpu").explain(image(), "gradcam")
 
 
 def test_no_spatial_tensor_is_a_clear_error():

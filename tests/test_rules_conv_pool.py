@@ -23,7 +23,7 @@ from onnx.reference.op_run import OpRun
 
 from onnxcam.errors import GradientError
 from onnxcam.graph.load import load_model
-from onnxcam.graph.rewrite import gradient_model
+from onnxcam.graph.reverse.model import gradient_model
 
 # --- NumPy versions of onnxruntime's forward semantics -------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from onnx import TensorProto
 
 from onnxcam.errors import GradientError
 from onnxcam.graph.load import load_model
-from onnxcam.graph.rewrite import gradient_model
+from onnxcam.graph.reverse.model import gradient_model
 
 rng = np.random.default_rng(0)
 

@@ -11,7 +11,7 @@ from onnx.reference.ops.op_batch_normalization import _batchnorm_test_mode, _bat
 
 from onnxcam.errors import GradientError
 from onnxcam.graph.load import load_model
-from onnxcam.graph.rewrite import GRAD_PREFIX, SEED, gradient_model
+from onnxcam.graph.reverse.model import GRAD_PREFIX, SEED, gradient_model
 
 rng = np.random.default_rng(0)
 

@@ -9,7 +9,7 @@ import pytest
 from gradcheck import check_model, check_op, make_op_model
 
 from onnxcam.graph.load import load_model
-from onnxcam.graph.rewrite import GRAD_PREFIX, SEED, gradient_model
+from onnxcam.graph.reverse.model import GRAD_PREFIX, SEED, gradient_model
 
 REDUCTIONS = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
               "ReduceLogSumExp", "ReduceLogSum"]

@@ -61,7 +61,7 @@ def test_runtime_failures_are_one_line_errors():
         [numpy_helper.from_array(np.array([-1, 3, 4, 16], np.int64), "shape"),
          numpy_helper.from_array(np.array([2, 3], np.int64), "axes")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    runner = onnxcam.GradientRunner(model, layers="feat", device="cpu")
+    runner = onnxcam.ReverseRunner(model, layers="feat", device="cpu")
     good = runner.run(np.ones((1, 3, 8, 8), np.float32), np.ones((1, 3), np.float32))
     assert good.gradients["feat"].shape == (1, 3, 8, 8)
     with pytest.raises(OnnxcamError, match="onnxruntime failed to run the model") as info:

@@ -194,7 +194,7 @@ def test_perturbation_methods_score_target_objects(samples) -> None:
     for method in ("scorecam", "ablationcam"):
         cam = ex.explain(x, method, targets=[target], batch_size=64)
         assert cam.shape == (1, 96, 96) and np.isfinite(cam).all() and 0.9 < cam.max() <= 1.0
-    evidence = ex._evidence(x, [target], ex.layer, "activations")[0]
+    evidence = ex.evidence(x, [target], ex.layer, method="ablationcam")[0]
     bound = evidence.target_objects[0]
     outputs = ex.outputs(np.concatenate([x, x * 0.5]))
     assert np.allclose(evidence.target_scores(outputs.reshape(2, -1), 0), [bound(o) for o in outputs], rtol=1e-5)
@@ -305,7 +305,7 @@ def test_cli_segmentation(task_images: Path, tmp_path: Path) -> None:
                                      "-o", str(out / "mask"), "--mask", str(mask), "-m", "gradcam,scorecam"])
     assert result.exit_code == 0, result.output
     recs = _records(out / "mask")
-    assert [r["task"] for r in recs] == ["segment", "segment"] and (out / "mask" / "multi_00000.scorecam.png").is_file()
+    assert [r["task"] for r in recs] == ["segment", "segment"] and (out / "mask" / "multi_00000.png.scorecam.png").is_file()
 
 
 def test_cli_detection_threshold_draws_boxes(task_images: Path, tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_no_grid_and_bad_options() -> None:
         TokenOptions(grid=(0, 4))
 
 
-def test_runtime_layout_of_layers_without_static_shapes() -> None:
+def test_runtime_layout_of_layers_withoutstatic_shapes() -> None:
     # dynamic TorchScript exports leave some layers without a static shape; their values' shape decides
     assert runtime_layout((2, 17, 32), (32, 32)) == "BTC"
     assert runtime_layout((2, 32, 16), (32, 32)) == "BCT"
@@ -192,9 +192,9 @@ def test_head_gets_tokens_back(kind: str) -> None:
     model = token_model(kind, extra=1)
     x = np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype(np.float32)
     ex = Explainer(model, layer="tokens", device="cpu")
-    ev = ex._evidence(x, None, ["tokens"], "activations")[0]
+    ev = ex.evidence(x, None, ["tokens"], method="ablationcam")[0]
     assert ev.head_scores is not None and ev.activations.shape == (2, 6, 4, 4)
-    raw = ex._token_views["tokens"].original
+    raw = ex.view.token_views["tokens"].original
     w_head = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w_head"))
     for i in (0, 1):
         np.testing.assert_allclose(ev.head_scores(ev.activations[i:i + 1], i)[0], ev.scores[i], rtol=1e-5, atol=1e-5)
@@ -374,7 +374,7 @@ def test_cli_grid_option(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli.app, ["explain", str(VIT[18]), str(image), "--out", str(out), "--grid", "4x4",
                                           "--extra-tokens", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert np.load(out / "a.gradcam.npy").shape == (40, 40)
+    assert np.load(out / "a.png.gradcam.npy").shape == (40, 40)
     bad = CliRunner().invoke(cli.app, ["explain", str(VIT[18]), str(image), "--out", str(tmp_path / "bad"),
                                        "--grid", "5x5", "--device", "cpu"])
     assert bad.exit_code != 0
