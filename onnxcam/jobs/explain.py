@@ -40,6 +40,7 @@ from onnxcam.jobs.records import (
     RESULTS,
     Record,
     Summary,
+    Unit,
     check_resume,
     dumps,
     file_sha256,
@@ -176,6 +177,13 @@ def explain_images(model: ModelSource, inputs: Sequence[str | os.PathLike], out:
     return explain(model, inputs, out, **options)
 
 
+def explain_ray(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                address: str | None = None, workers: int | None = None, **options: Any) -> Summary:
+    """`explain` on Ray Data (same arguments and outputs); address: a running cluster ("auto" or
+    "ray://host:10001"), None starts a local one for the call."""
+    return explain(model, inputs, out, engine="ray", address=address, workers=workers, **options)
+
+
 # --- set-up ---------------------------------------------------------------------------------------------------------
 def _explainer_options(ex: Explainer) -> dict[str, Any]:
     """Everything the Explainer was made with, so a Ray actor builds the same one."""
@@ -230,7 +238,6 @@ def _read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 # --- units of work and resume ---------------------------------------------------------------------------------------
-Unit = list[tuple[InputFile, "list[Record] | None"]]  # inputs with their kept records (resume) or None
 
 
 def _units(items: list[InputFile], previous: dict[tuple[str, str], list[Record]] | None, folder: OutputFolder,

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ import numpy as np
 from onnxcam.errors import InputError, OnnxcamError
 
 if TYPE_CHECKING:
-    from onnxcam.jobs.explain import Unit
+    from onnxcam.jobs.records import Unit
     from onnxcam.jobs.worker import RunSpec
 
 INSTALL = "the Ray engine needs Ray Data: pip install 'onnxcam[ray]' (or pip install 'ray[data]')"
@@ -185,15 +185,3 @@ def _quiet_opencv() -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except AttributeError:
         pass
-
-
-def explain_ray(model: Any, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
-                address: str | None = None, workers: int | None = None, **options: Any) -> Any:
-    """`onnxcam.jobs.explain.explain` on Ray Data (same arguments and outputs); address: a running cluster
-    ("auto" or "ray://host:10001"), None starts a local one for the call. Returns the Summary."""
-    from onnxcam.jobs.explain import explain
-
-    return explain(model, inputs, out, engine="ray", address=address, workers=workers, **options)
-
-
-explain_images_ray = explain_ray  # its earlier name

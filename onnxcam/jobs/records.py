@@ -25,6 +25,7 @@ REPORT_LIMIT = 2000  # explained records kept in memory for report.html; results
 RESUME_KEYS = ("model_sha256", "layers", "methods", "method_options", "targets", "preprocessing", "explainer")
 
 Record = dict[str, Any]
+Unit = list[tuple[Any, "list[Record] | None"]]  # (input file, its kept records under --resume, or None)
 
 
 def clean(value: Any) -> Any:
