@@ -3,7 +3,8 @@
     python benchmarks/broadcam_shapes.py [--test 200] [--ridge 50]
 
 Writes the data sets to a temporary folder (train seed 21, test seed 22: neither is the model's training or test
-seed), fits with `onnxcam.jobs.fit_broadcam`, scores with `onnxcam.jobs.evaluate` (pointing game, energy-based pointing game,
+seed), fits with `onnxcam.jobs.fit_broadcam`, scores with `onnxcam.jobs.evaluate` (pointing game, energy-based
+pointing game,
 Average Drop / Increase) and prints one table row per method; `random` (seeded random channel weights) is the
 chance row.
 """
@@ -15,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from onnxcam.jobs.fit_broadcam import fit_broadcam, read_dataset
 from onnxcam.datasets.shapes import write_dataset
-from onnxcam.jobs.evaluate import evaluate
 from onnxcam.explainer import Explainer
+from onnxcam.jobs.evaluate import evaluate
+from onnxcam.jobs.fit_broadcam import fit_broadcam, read_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ["pointing_game", "energy_pointing_game", "average_drop", "average_increase"]

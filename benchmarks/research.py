@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from onnxcam.jobs.fit_broadcam import fit_broadcam, read_dataset
 from onnxcam.datasets.shapes import write_dataset
-from onnxcam.jobs.evaluate import METRICS, evaluate
 from onnxcam.explainer import Explainer
 from onnxcam.images import preprocess, read_image
+from onnxcam.jobs.evaluate import METRICS, evaluate
+from onnxcam.jobs.fit_broadcam import fit_broadcam, read_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 RESNET = ROOT / "models" / "shapes_resnet.onnx"

@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from onnxcam import cli
-from onnxcam.methods.broadcam import BroadcamFit
-from onnxcam.jobs.fit_broadcam import fit_broadcam, fit_weights, read_dataset, ridge, stage_layers
 from onnxcam.datasets.shapes import write_dataset
 from onnxcam.errors import InputError
 from onnxcam.explainer import Explainer
 from onnxcam.images import preprocess, read_image
+from onnxcam.jobs.fit_broadcam import fit_broadcam, fit_weights, read_dataset, ridge, stage_layers
+from onnxcam.methods.broadcam import BroadcamFit
 from onnxcam.metrics import pointing_game
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "shapes_resnet.onnx"
@@ -153,8 +153,8 @@ def test_transformer_token_layers_are_refused_and_not_defaults() -> None:
     vit = Explainer(MODEL.parent / "torch_exports" / "vit_op18.onnx")
     tokens = [t.name for t in vit.tensors if t.layout in ("BTC", "BCT")]
     assert tokens and not set(stage_layers(vit)) & set(tokens)
-    from onnxcam.jobs.fit_broadcam import _layouts
     from onnxcam.errors import LayerError
+    from onnxcam.jobs.fit_broadcam import _layouts
 
     with pytest.raises(LayerError, match="token tensor"):
         _layouts(vit, tokens[-1:])

@@ -21,9 +21,9 @@ from toy_models import tiny_cnn
 import onnxcam
 from onnxcam.errors import OnnxcamError
 from onnxcam.files import collect_inputs
-from onnxcam.jobs.explain import explain_images
 from onnxcam.graph.load import load_model
 from onnxcam.images import ImageError, read_image
+from onnxcam.jobs.explain import explain_images
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "hostile"

@@ -14,8 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.explainer import Explainer
-from onnxcam.graph.topo import ancestors
 from onnxcam.graph.head import extract_head
+from onnxcam.graph.topo import ancestors
 from onnxcam.methods import Evidence, get_method
 
 N, C, S, K, CLASSES = 2, 3, 8, 5, 4   # batch, input channels, image size, layer channels, classes
@@ -322,7 +322,8 @@ def test_layer_perturbations_run_only_the_head(resnet: Explainer, method: str, m
         forward_calls.append(tensors)
         return original(tensors)
     monkeypatch.setattr(resnet.view, "forward_session", counted)
-    monkeypatch.setattr(resnet._evidence, "_scores_of", lambda batch: pytest.fail("the full model ran on a perturbation"))
+    monkeypatch.setattr(resnet._evidence, "_scores_of",
+                        lambda batch: pytest.fail("the full model ran on a perturbation"))
     x = np.random.default_rng(2).standard_normal((1, 3, 64, 64)).astype(np.float32)
     maps = resnet.explain(x, method, layer=layer)
     assert maps.shape == (1, 64, 64) and maps.max() > 0

@@ -15,10 +15,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.errors import OnnxcamError
-from onnxcam.jobs.explain import explain_images
 from onnxcam.explainer import Explainer
-from onnxcam.runners import gradients
 from onnxcam.graph.reverse.model import expose
+from onnxcam.jobs.explain import explain_images
+from onnxcam.runners import gradients
 from onnxcam.runtime import choose_providers, cuda_usable, make_session, provider_problem
 
 ROOT = Path(__file__).resolve().parent.parent

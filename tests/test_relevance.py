@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxcam
 from onnxcam.errors import GradientError, InputError
-from onnxcam.graph.reverse.relevance import LrpOptions
 from onnxcam.graph.reverse.model import expose
+from onnxcam.graph.reverse.relevance import LrpOptions
 from onnxcam.runners import ReverseRunner
 
 ROOT = Path(__file__).parent.parent

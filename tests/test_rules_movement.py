@@ -15,8 +15,8 @@ from onnx import helper
 from onnxcam.errors import GradientError
 from onnxcam.graph.builder import Builder
 from onnxcam.graph.load import load_model
-from onnxcam.graph.reverse.model import GRAD_PREFIX, SEED, gradient_model
 from onnxcam.graph.reverse.gradients import RULES, Node
+from onnxcam.graph.reverse.model import GRAD_PREFIX, SEED, gradient_model
 
 
 def randn(*shape: int, seed: int = 0) -> np.ndarray:

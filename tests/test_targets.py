@@ -305,7 +305,8 @@ def test_cli_segmentation(task_images: Path, tmp_path: Path) -> None:
                                      "-o", str(out / "mask"), "--mask", str(mask), "-m", "gradcam,scorecam"])
     assert result.exit_code == 0, result.output
     recs = _records(out / "mask")
-    assert [r["task"] for r in recs] == ["segment", "segment"] and (out / "mask" / "multi_00000.png.scorecam.png").is_file()
+    assert [r["task"] for r in recs] == ["segment", "segment"]
+    assert (out / "mask" / "multi_00000.png.scorecam.png").is_file()
 
 
 def test_cli_detection_threshold_draws_boxes(task_images: Path, tmp_path: Path) -> None:
