@@ -106,7 +106,7 @@ def read_encoded(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Encod
         image_format = sniff(head)
         if image_format is None:
             known = ", ".join(dict.fromkeys(f.name for f in FORMATS))
-            raise ImageError(f"{name} is not a readable image (not one of the formats onnxcam decodes: {known})")
+            raise ImageError(f"{name} is not a readable image (not a format onnxcam decodes: {known})")
         header = read_header(image_format, FileView(file.fileno(), size, head))
         if header is None:
             raise ImageError(f"{name} is truncated or corrupt (its {image_format.name} header does not give the "
@@ -125,7 +125,7 @@ def check_header(name: str, image_format: ImageFormat, header: Header, max_pixel
     """Refuse a declared size or channel count that decoding would have to allocate beyond the limits."""
     pixels = header.width * header.height
     if pixels > max_pixels:
-        raise ImageError(f"{name} is {header.width}x{header.height} = {pixels:,} pixels, above the limit of "
+        raise ImageError(f"{name} declares {header.width}x{header.height} = {pixels:,} pixels, above the limit of "
                          f"{max_pixels:,}; downscale it first")
     if pixels == 0:
         raise ImageError(f"{name} is truncated or corrupt (its {image_format.name} header declares a "

@@ -35,7 +35,10 @@ from onnxcam.image_headers import image_size as header_size  # noqa: F401
 from onnxcam.opencv import MAX_PIXELS, cv2
 
 DEFAULT_SIZE = 224
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
+# What a folder walk picks up: the formats onnxcam.decode size-checks and OpenCV decodes (OpenEXR is left out:
+# most OpenCV builds lack it).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm",
+                  ".pam", ".pfm", ".hdr", ".jp2", ".j2k", ".avif", ".ras"}
 
 
 @dataclass(frozen=True)
