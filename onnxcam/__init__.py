@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+# First: sets OpenCV's pixel limit and log level, which cv2 reads only when imported (see onnxcam/opencv.py).
+from onnxcam import opencv as _opencv  # noqa: E402,F401,I001
 from onnxcam.errors import GradientError, InputError, LayerError, ModelError, OnnxcamError  # noqa: E402
 from onnxcam.explainer import Explainer  # noqa: E402
 from onnxcam.methods import METHODS as methods  # noqa: E402

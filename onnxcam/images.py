@@ -1,4 +1,5 @@
-"""Images in, model inputs out: decoding (OpenCV), pixel limits, preprocessing presets, layouts and labels.
+"""Images in, model inputs out: preprocessing presets, layouts, the model input size limit, and labels. Decoding
+(files to RGB arrays, with pixel and memory limits) is onnxcam.decode; read_image is importable from here too.
 
 Preprocessing is `x = (pixel * scale - mean) / std` per channel, on an RGB (or BGR) image resized straight to the
 model's input size (no crop), then laid out as the model's input (NCHW or NHWC) in its dtype. Where the settings
@@ -12,30 +13,32 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import onnx
 
+from onnxcam.decode import (  # noqa: F401  (decoding lives in onnxcam.decode; these names stay importable here)
+    DecodedImage,
+    ImageError,
+    apply_orientation,
+    decode_image,
+    read_image,
+    to_rgb8,
+)
 from onnxcam.errors import InputError
 from onnxcam.graph.catalogue import guess_layout
+from onnxcam.image_headers import image_size as header_size  # noqa: F401
+from onnxcam.opencv import MAX_PIXELS, cv2
 
-# Images above this many pixels are refused (checked from the file header before decoding where the format allows).
-MAX_PIXELS = 40_000_000
-# OpenCV checks a limit too while decoding (it reads the variable at its first decode): ours, for formats whose
-# header we do not parse.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 DEFAULT_SIZE = 224
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
-
-
-class ImageError(InputError):
-    """One image cannot be used (unreadable, not an image, truncated, too large); the batch goes on."""
+# What a folder walk picks up: the formats onnxcam.decode size-checks and OpenCV decodes (OpenEXR is left out:
+# most OpenCV builds lack it).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm",
+                  ".pam", ".pfm", ".hdr", ".jp2", ".j2k", ".avif", ".ras"}
 
 
 @dataclass(frozen=True)
@@ -65,121 +68,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 _DTYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
            onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.UINT8: "uint8"}
-
-
-# --- decoding ---------------------------------------------------------------------------------------------------
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM header, or None when unknown."""
-    try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-            return struct.unpack(">II", data[16:24])
-        if data[:6] in (b"GIF87a", b"GIF89a"):
-            return struct.unpack("<HH", data[6:10])
-        if data[:2] == b"BM":
-            w, h = struct.unpack("<ii", data[18:26])
-            return abs(w), abs(h)
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            if data[12:16] == b"VP8X":
-                return (int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1)
-            if data[12:16] == b"VP8 ":
-                w, h = struct.unpack("<HH", data[26:30])
-                return w & 0x3FFF, h & 0x3FFF
-            if data[12:16] == b"VP8L":
-                bits = int.from_bytes(data[21:25], "little")
-                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-        if data[:2] == b"\xff\xd8":
-            return _jpeg_size(data)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
-            return _tiff_size(data)
-        if data[:1] == b"P" and data[1:2] in b"123456":
-            return _pnm_size(data)
-    except (struct.error, ValueError):
-        return None
-    return None
-
-
-def _tiff_size(data: bytes) -> tuple[int, int] | None:
-    """Width and length tags of the first image directory (a bomb is one huge page, so the first is enough)."""
-    order = "<" if data[:2] == b"II" else ">"
-    (offset,) = struct.unpack(order + "I", data[4:8])
-    (count,) = struct.unpack(order + "H", data[offset:offset + 2])
-    found: dict[int, int] = {}
-    for i in range(count):
-        entry = data[offset + 2 + 12 * i: offset + 14 + 12 * i]
-        tag, kind = struct.unpack(order + "HH", entry[:4])
-        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT or LONG
-            short = kind == 3
-            found[tag] = struct.unpack(order + ("H" if short else "I"), entry[8:10] if short else entry[8:12])[0]
-    return (found[256], found[257]) if len(found) == 2 else None
-
-
-def _pnm_size(data: bytes) -> tuple[int, int] | None:
-    fields: list[int] = []
-    for line in data[2:256].split(b"\n"):
-        fields += [int(v) for v in line.split(b"#")[0].split()]
-        if len(fields) >= 2:
-            return fields[0], fields[1]
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
-            return w, h
-        i += 2 + length
-    return None
-
-
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An RGB uint8 image (H, W, 3); grayscale is repeated, alpha dropped, 16-bit and float scaled to 8 bits."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ImageError(f"cannot read {name}: {e.strerror or e}") from None
-    if not data:
-        raise ImageError(f"{name} is empty (0 bytes)")
-    size = header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageError(f"{name} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, above the limit of "
-                         f"{max_pixels:,}; downscale it first")
-    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < 0:  # OpenCV would decode a grey-filled image
-        raise ImageError(f"{name} is a truncated JPEG (no end-of-image marker)")
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as e:  # OpenCV's own size limits (width or height above 2^20, pixel limit) end here
-        reason = (str(e).strip().splitlines() or ["decode failed"])[-1].split("error: ")[-1]
-        raise ImageError(f"{name} is corrupt or too large for OpenCV ({reason})") from None
-    if image is None or image.size == 0:
-        kind = "is truncated or corrupt" if size is not None else "is not a readable image"
-        raise ImageError(f"{name} {kind} (OpenCV could not decode it)")
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise ImageError(f"{name} has {image.shape[0] * image.shape[1]:,} pixels, above the limit of {max_pixels:,}")
-    return to_rgb8(image)
-
-
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """OpenCV's decoded array (gray, BGR or BGRA; 8/16-bit or float) as RGB uint8."""
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = np.clip(image.astype(np.float32) * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB)
 
 
 # --- preprocessing ----------------------------------------------------------------------------------------------
@@ -226,12 +114,25 @@ def resolve_preprocessing(model: onnx.ModelProto, input_name: str, layout: str |
             raise InputError(f"--size {wanted[0]}x{wanted[1]} does not fit the model, whose input is "
                              f"{static_hw[0]}x{static_hw[1]}")
         hw.append(fixed if fixed is not None else wanted[axis] if wanted is not None else DEFAULT_SIZE)
+    source = (f"the model's input '{input_name}'" if None not in static_hw else "the requested --size"
+              if size is not None else "the size in the model's preprocessing metadata" if wanted is not None
+              else "the default size")
+    check_input_size((hw[0], hw[1]), source)
     mean_t = _per_channel(fields["mean"], "mean", channels)
     std_t = _per_channel(fields["std"], "std", channels)
     if any(s == 0 for s in std_t):
         raise InputError("std must not contain 0")
     return Preprocessing((hw[0], hw[1]), layout, channels, bool(fields["bgr"]), float(fields["scale"]), mean_t,
                          std_t, dtype)
+
+
+def check_input_size(size: tuple[int, int], source: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse a model input larger than the image pixel limit before anything is allocated for it: preprocessing
+    one image for a declared [1, 3, 20000, 20000] input would take gigabytes."""
+    h, w = size
+    if h * w > max_pixels:
+        raise InputError(f"{source} is {h}x{w} = {h * w:,} pixels per image, above the limit of {max_pixels:,}; "
+                         "use a model (or --size) with a smaller input")
 
 
 def input_dims(model: onnx.ModelProto, name: str) -> list[int | None]:

@@ -1,6 +1,7 @@
-"""Hostile inputs: the committed corpus (tests/hostile/, built by make_corpus.py), fuzzed model and image bytes,
-symlink loops and odd file names. Every case must end in one clear OnnxcamError (API) or one stderr line and the
-right exit code (CLI), never a traceback, a hang or a write outside the output folder."""
+"""Hostile inputs: the committed corpus (tests/hostile/, built by make_corpus.py: bad models, bad images, model
+inputs above the pixel limit, folding bombs), fuzzed model and image bytes, symlink loops and odd file names. Every
+case must end in one clear OnnxcamError (API) or one stderr line and the right exit code (CLI), never a traceback, a
+hang, a huge allocation or a write outside the output folder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -19,10 +21,10 @@ from hypothesis import strategies as st
 from toy_models import tiny_cnn
 
 import onnxcam
-from onnxcam.errors import OnnxcamError
+from onnxcam.errors import InputError, OnnxcamError
 from onnxcam.files import collect_inputs
 from onnxcam.graph.load import load_model
-from onnxcam.images import ImageError, read_image
+from onnxcam.images import IMAGE_SUFFIXES, ImageError, read_image, resolve_preprocessing
 from onnxcam.jobs.explain import explain_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +38,8 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 def test_corpus_is_current():
     """The committed files are what make_corpus.py writes (a stale corpus would test old cases)."""
-    for folder in ("models", "images"):
+    assert sorted(EXPECTED) == ["images", "inputs", "loads", "models"]
+    for folder in EXPECTED:
         assert sorted(p.name for p in (CORPUS / folder).iterdir()) == sorted(EXPECTED[folder])
 
 
@@ -58,6 +61,44 @@ def test_hostile_image_gives_one_clear_error(name):
     assert name in str(info.value)
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED["inputs"]))
+def test_model_input_above_the_pixel_limit_is_refused_when_preprocessing_resolves(name):
+    model = load_model(CORPUS / "inputs" / name)
+    with pytest.raises(InputError) as info:
+        resolve_preprocessing(model, model.graph.input[0].name)
+    assert re.search(EXPECTED["inputs"][name], str(info.value)), str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["inputs"]))
+def test_cli_model_input_above_the_pixel_limit_one_line_within_a_minute(tmp_path, name):
+    started = time.monotonic()
+    result = _cli("explain", str(CORPUS / "inputs" / name), str(GOOD_IMAGE), "--out", str(tmp_path / "out"))
+    assert time.monotonic() - started < 60
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(EXPECTED["inputs"][name], lines[0]), result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["loads"]))
+def test_model_loads_and_inspects_in_bounded_memory(name):
+    """Load-time constant folding checks each output's size before evaluating a node."""
+    result = _peak_rss_run(["-m", "onnxcam", "inspect", str(CORPUS / "loads" / name)])
+    assert result["returncode"] == 0, result["stderr"]
+    assert re.search(EXPECTED["loads"][name], result["stdout"]), result["stdout"]
+    assert result["peak_mb"] < 400, result
+
+
+def _peak_rss_run(args: list[str]) -> dict:
+    """Run `python ARGS` from a fresh Python whose only child it is, so getrusage(RUSAGE_CHILDREN) is that run's
+    peak resident memory alone (the test process's other children would mix in)."""
+    probe = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, "
+             "text=True); print(json.dumps({'returncode': r.returncode, 'stdout': r.stdout, 'stderr': r.stderr, "
+             "'peak_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))")
+    done = subprocess.run([sys.executable, "-c", probe, sys.executable, *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return json.loads(done.stdout)
+
+
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onnxcam", *args], capture_output=True, text=True, timeout=300,
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -75,7 +116,8 @@ def test_cli_hostile_model_exit_2_one_line(tmp_path, name):
 def test_cli_batch_goes_on_past_every_hostile_image(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    for name in EXPECTED["images"]:
+    collected = [name for name in EXPECTED["images"] if Path(name).suffix in IMAGE_SUFFIXES]  # a walk skips .exr
+    for name in collected:
         (folder / name).write_bytes((CORPUS / "images" / name).read_bytes())
     (folder / "good.png").write_bytes(GOOD_IMAGE.read_bytes())
     out = tmp_path / "out"
@@ -84,7 +126,7 @@ def test_cli_batch_goes_on_past_every_hostile_image(tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
     records = {Path(r["image"]).name: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     assert records.pop("good.png")["status"] == "ok"
-    assert sorted(records) == sorted(EXPECTED["images"])
+    assert sorted(records) == sorted(collected)
     for name, rec in records.items():
         assert rec["status"] == "failed" and re.search(EXPECTED["images"][name], rec["error"]), rec
 
@@ -129,8 +171,14 @@ def test_random_model_bytes_fail_cleanly(data):
         load_model(data)
 
 
-IMAGE_BYTES = {ext: cv2.imencode(ext, np.random.default_rng(4).integers(0, 256, (20, 24, 3), np.uint8))[1].tobytes()
-               for ext in (".png", ".jpg", ".bmp", ".tif", ".webp", ".ppm")}
+def _fuzz_seed(ext: str) -> bytes:
+    """A small valid file of each format OpenCV here writes (JPEG 2000 needs 32 px or more; HDR and PFM float)."""
+    image = np.random.default_rng(4).integers(0, 256, (40, 48, 3) if ext == ".jp2" else (20, 24, 3), np.uint8)
+    return cv2.imencode(ext, image.astype(np.float32) / 255 if ext in (".hdr", ".pfm") else image)[1].tobytes()
+
+
+IMAGE_BYTES = {ext: _fuzz_seed(ext) for ext in (".png", ".jpg", ".bmp", ".tif", ".webp", ".ppm", ".pam", ".pfm",
+                                                ".hdr", ".ras", ".gif", ".jp2", ".avif")}
 
 
 @FUZZ

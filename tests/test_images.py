@@ -157,6 +157,19 @@ def test_resolve_from_model_and_options():
     assert resolve_preprocessing(model, "input", "NCHW", preset="imagenet").bgr is False  # the option wins
 
 
+def test_model_input_above_the_pixel_limit_is_refused_whatever_sets_it():
+    """Checked where preprocessing is resolved, before one image is allocated at that size."""
+    with pytest.raises(InputError, match="the model's input 'input' is 20000x20000 = 400,000,000 pixels per image"):
+        resolve_preprocessing(tiny_cnn(size=20_000), "input", "NCHW")
+    dynamic = tiny_cnn(size="S")
+    with pytest.raises(InputError, match="the requested --size is 9000x9000 .* above the limit of 40,000,000"):
+        resolve_preprocessing(dynamic, "input", "NCHW", size=9000)
+    assert resolve_preprocessing(dynamic, "input", "NCHW", size=6000).size == (6000, 6000)  # 36 M pixels: allowed
+    onnx.helper.set_model_props(dynamic, {"preprocessing": json.dumps({"size": [10_000, 10_000]})})
+    with pytest.raises(InputError, match="the size in the model's preprocessing metadata is 10000x10000"):
+        resolve_preprocessing(dynamic, "input", "NCHW")
+
+
 def test_labels(tmp_path):
     (tmp_path / "l.txt").write_text("cat\ndog\n\n")
     assert read_labels(tmp_path / "l.txt") == ["cat", "dog"]

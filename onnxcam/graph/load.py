@@ -277,6 +277,7 @@ def _fold_constants(model: ModelProto) -> None:
         foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD
                     and all(name in initializers for name in inputs) and not outputs.intersection(node.output)
                     and all(_elements(initializers[name]) <= _FOLD_LIMIT for name in inputs))
+        foldable = foldable and _outputs_fit(node, [initializers[name] for name in inputs], opsets)
         values = _evaluate(node, [initializers[name] for name in inputs], opsets) if foldable else None
         if values is None or any(v.size > _FOLD_LIMIT for v in values):
             kept.append(node)
@@ -296,6 +297,33 @@ def _elements(tensor: onnx.TensorProto) -> int:
     for d in tensor.dims:
         count *= d
     return count
+
+
+def _outputs_fit(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
+                 opsets: list[onnx.OperatorSetIdProto]) -> bool:
+    """Whether every output is known, from shape inference on the node alone with its constant inputs, to hold at
+    most _FOLD_LIMIT elements: checked before evaluating, since a 1.5 KB ConstantOfShape([500000000]) would
+    allocate 2 GB. An output whose size inference cannot tell stays unfolded."""
+    graph = helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=name) for name in node.output if name],
+                              inputs)
+    try:
+        model = helper.make_model(graph, opset_imports=opsets, ir_version=MAX_IR_VERSION)
+        inferred = shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception:  # inference rejects the node: evaluating it would fail too, or is not worth the risk
+        return False
+    shapes = {v.name: v.type.tensor_type for v in inferred.graph.output}
+    for name in node.output:
+        if not name:
+            continue
+        tensor = shapes.get(name)
+        if tensor is None or not tensor.HasField("shape"):
+            return False
+        dims = tensor.shape.dim
+        if not all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
+            return False
+        if int(np.prod([d.dim_value for d in dims], dtype=np.float64)) > _FOLD_LIMIT:
+            return False
+    return True
 
 
 def _evaluate(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
