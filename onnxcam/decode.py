@@ -94,6 +94,15 @@ def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Decod
     return DecodedImage(rgb, format_name, orientation)
 
 
+def read_pixels(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The array as OpenCV decodes it (gray, BGR or BGRA; any depth), after every check read_image makes, turned
+    as its EXIF orientation says: for masks and label maps, which must be neither scaled nor colour-converted."""
+    encoded = read_encoded(path, max_pixels)
+    orientation = exif_orientation(encoded.data, encoded.format.name)
+    image = _decode(encoded, max_pixels)
+    return image if encoded.format.name == "TIFF" else apply_orientation(image, orientation)
+
+
 # --- reading, bounded -------------------------------------------------------------------------------------------
 def read_encoded(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> EncodedImage:
     """The file's bytes up to what its declared size allows, after the checks listed in the module docstring."""
