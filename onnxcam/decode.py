@@ -94,6 +94,15 @@ def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Decod
     return DecodedImage(rgb, format_name, orientation)
 
 
+def read_pixels(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The array as OpenCV decodes it (gray, BGR or BGRA; any depth), after every check read_image makes, turned
+    as its EXIF orientation says: for masks and label maps, which must be neither scaled nor colour-converted."""
+    encoded = read_encoded(path, max_pixels)
+    orientation = exif_orientation(encoded.data, encoded.format.name)
+    image = _decode(encoded, max_pixels)
+    return image if encoded.format.name == "TIFF" else apply_orientation(image, orientation)
+
+
 # --- reading, bounded -------------------------------------------------------------------------------------------
 def read_encoded(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> EncodedImage:
     """The file's bytes up to what its declared size allows, after the checks listed in the module docstring."""
@@ -209,10 +218,10 @@ def _cut_note(encoded: EncodedImage) -> str:
 def exif_orientation(data: bytes | bytearray, format_name: str) -> int:
     """The EXIF orientation (1..8) of a JPEG (APP1), PNG (eXIf before the pixels), WebP (EXIF chunk) or TIFF
     (tag 274); 1 when there is none or it cannot be read."""
-    block = None
+    block: bytes | bytearray | None = None
     try:
         if format_name == "TIFF":
-            block = bytes(data[:HEAD_BYTES])
+            block = data
         elif format_name == "JPEG":
             block = next((bytes(data[s + 6:e]) for m, s, e in jpeg_segments(data)
                           if m == 0xE1 and data[s:s + 6] == b"Exif\0\0"), None)
@@ -269,29 +278,41 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
 
 
 def _to_rgb8(image: np.ndarray, owned: bool) -> np.ndarray:
+    """`owned`: the caller drops `image` afterwards, so it may be converted in place (no second full-size copy)."""
     if image.dtype == np.uint16:
-        image = cv2.convertScaleAbs(image, alpha=1 / 257)
+        image, owned = cv2.convertScaleAbs(image, alpha=1 / 257), True
     elif image.dtype != np.uint8:
-        image = _float_to_uint8(image, owned)
+        image, owned = _float_to_uint8(image, owned), True
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 1:
         return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if owned and image.shape[2] == 3 and image.flags.c_contiguous:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
     return cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB)
 
 
-def _float_to_uint8(image: np.ndarray, owned: bool) -> np.ndarray:
-    """See to_rgb8; works in place on a float32 array the caller does not keep (a 40-megapixel float RGB image
-    is 480 MB: no second copy)."""
-    pixels = image if owned and image.dtype == np.float32 else image.astype(np.float32)
-    bad = ~np.isfinite(pixels)
-    if bad.any():
-        pixels[bad] = 0
-    del bad
-    if pixels.size and pixels.max() <= 1.0:
-        pixels *= 255
-    np.clip(pixels, 0, 255, out=pixels)
-    return pixels.astype(np.uint8)
+_CHUNK = 1 << 22  # elements converted at a time: temporaries stay at a few MB whatever the image size
 
+
+def _float_to_uint8(image: np.ndarray, owned: bool) -> np.ndarray:
+    """See to_rgb8. Works in place, a chunk at a time, on a float32 array the caller drops (a 40-megapixel float
+    RGB image is 480 MB: no second copy, no full-size masks)."""
+    pixels = image if owned and image.dtype == np.float32 else image.astype(np.float32)
+    flat = np.ascontiguousarray(pixels).reshape(-1)
+    top = -np.inf
+    for start in range(0, flat.size, _CHUNK):
+        part = flat[start:start + _CHUNK]
+        np.nan_to_num(part, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        top = max(top, float(part.max()))
+    scale = np.float32(255.0 if top <= 1.0 else 1.0)
+    out = np.empty(pixels.shape, np.uint8)
+    out_flat = out.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        part = flat[start:start + _CHUNK]
+        part *= scale
+        np.clip(part, 0, 255, out=part)
+        out_flat[start:start + _CHUNK] = part
+    return out

@@ -27,6 +27,7 @@ from onnxcam.decode import (  # noqa: F401  (decoding lives in onnxcam.decode; t
     apply_orientation,
     decode_image,
     read_image,
+    read_pixels,
     to_rgb8,
 )
 from onnxcam.errors import InputError

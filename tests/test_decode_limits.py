@@ -22,7 +22,7 @@ import pytest
 from hostile.make_corpus import fold_bomb, graph_model, head, png_header, radiance_rle, tiff_file
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcam.decode import ORIENTATIONS, decode_image
+from onnxcam.decode import ORIENTATIONS, decode_image, read_pixels
 from onnxcam.graph.load import load_model
 from onnxcam.image_headers import image_size
 from onnxcam.images import ImageError, read_image
@@ -290,6 +290,17 @@ def test_no_exif_means_as_stored(tmp_path):
     path.write_bytes(cv2.imencode(".jpg", _quadrants())[1].tobytes())
     decoded = decode_image(path)
     assert decoded.orientation == 1 and decoded.orientation_applied == "as stored" and decoded.format == "JPEG"
+
+
+def test_read_pixels_keeps_depth_and_channels_for_masks(tmp_path):
+    labels = RNG.integers(0, 1000, (7, 5), dtype=np.uint16)
+    path = tmp_path / "mask.png"
+    path.write_bytes(cv2.imencode(".png", labels)[1].tobytes())
+    np.testing.assert_array_equal(read_pixels(path), labels)
+    path.write_bytes(_with_orientation(".png", np.dstack([labels.astype(np.uint8)] * 3), 6))
+    assert read_pixels(path).shape == (5, 7, 3)  # turned like the image it belongs to
+    with pytest.raises(ImageError, match="above the limit"):
+        read_pixels(ROOT / "tests" / "hostile" / "images" / "hdr_renamed.png")
 
 
 # --- float pixels -----------------------------------------------------------------------------------------------
