@@ -154,6 +154,7 @@ def build_export(source: ModelSource, options: ExportOptions = ExportOptions()) 
     nodes, initializers = _live(*b.finish(), wanted)
     r.model.graph.node.extend(nodes)
     r.model.graph.initializer.extend(initializers)
+    _drop_unused_initializers(r.model.graph)
     _declare_outputs(r.model, options)
     opset = default_opset(r.model)
     metadata: dict[str, object] = {
@@ -498,6 +499,17 @@ def _resize(b: Builder, m: str, size: str | None) -> str:
         resized = b.op("Resize", m4, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
         m = b.squeeze(resized, [1])
     return b.op("Clip", m, b.const(np.float32(0)), b.const(np.float32(1)))
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Constant folding leaves the folded intermediates behind; onnxruntime warns about each and they cost bytes."""
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    used |= {name for node in graph.node for attr in node.attribute for sub in
+             ([attr.g] if attr.HasField("g") else list(attr.graphs)) for inner in sub.node for name in inner.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
 
 
 def _declare_outputs(model: onnx.ModelProto, options: ExportOptions) -> None:

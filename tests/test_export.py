@@ -349,3 +349,68 @@ def test_cli_export(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--replace" in result.output
     result = runner.invoke(app, ["export", str(MODELS / "shapes_resnet.onnx"), "--out", str(out), "--size", "x"])
     assert result.exit_code == 2 and "--size" in result.output
+
+
+# --- torchvision (optional: skipped without torch; about 3 minutes on 2 cores) ----------------------------------------
+TORCHVISION = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "vit_b_16"]
+
+
+@pytest.fixture(scope="module")
+def torchvision_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    return {}
+
+
+def torchvision_model(cache: dict[str, Path], folder: Path, name: str) -> Path:
+    """torchvision's `name` (weights=None: nothing is downloaded), exported by the TorchScript exporter (opset 17).
+
+    Its LayerNorm affine parameters and classifier are redrawn at random: torchvision initialises them to ones and
+    zeros, which makes a ViT's logits all zero (no gradient) and its LayerNorm outputs sum to zero over channels,
+    where the sign of a principal component (eigencam's convention) is float noise, in NumPy as in the graph.
+    """
+    import torch
+    import torchvision
+
+    if name not in cache:
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, name)(weights=None).eval()
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.weight.normal_(1.0, 0.5)
+                    module.bias.normal_(0.0, 0.5)
+            last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.weight.normal_(0.0, 0.05)
+        path = folder / f"{name}.onnx"
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        cache[name] = path
+    return cache[name]
+
+
+@pytest.mark.parametrize("method", EXPORTABLE)
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_exports_match_numpy(tmp_path_factory: pytest.TempPathFactory, torchvision_exports: dict,
+                                         explainers: dict, name: str, method: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path_factory.getbasetemp() / "torchvision"
+    folder.mkdir(exist_ok=True)
+    monkeypatch.setenv("ONNXCAM_CACHE", str(folder / "cache"))
+    path = torchvision_model(torchvision_exports, folder, name)
+    ex = explainer_for(explainers, path)
+    x = np.random.default_rng(1).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    result = export_model(path, folder / f"{name}.{method}.onnx", ExportOptions(method=method))
+    reference = ex.explain(x, method)
+    assert (reference.reshape(len(x), -1).std(axis=1) > 0).all()
+    assert_parity(run(result.path, {"input": x})[CAM], reference)
+    if name == "vit_b_16":
+        assert (result.exported.layer, infer_layout(ex, result.exported.layer)) == (
+            "/encoder/layers/encoder_layer_11/ln_1/LayerNormalization_output_0", "BTC")
+    result.path.unlink()
+
+
+def infer_layout(ex: onnxcam.Explainer, layer: str) -> str | None:
+    from onnxcam.graph.catalogue import catalogue
+    return next(t.layout for t in catalogue(ex.model) if t.name == layer)
