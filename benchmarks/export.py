@@ -9,6 +9,7 @@ hit both alike; the table gives medians and their ratio (target <= 1.15x for Gra
 
     python benchmarks/export.py [--batch 8] [--repeat 7] [--models shapes_resnet,resnet50,...] [--method gradcam]
     python benchmarks/export.py --device cuda    # the CUDA provider (and --device tensorrt) where available
+    python benchmarks/export.py --agreement      # eigencam/eigengradcam: power iterations vs NumPy's eigh
 """
 
 from __future__ import annotations
@@ -92,11 +93,42 @@ def measure(path: Path, size: int, batch: int, repeat: int, warmup: int, method:
     for session in sessions:
         for _ in range(warmup):
             _time(session, feeds)
-    for round_ in range(repeat):
+    first = _time(sessions[0], feeds)
+    rounds = max(repeat, min(60, int(3.0 / max(first, 1e-6))))  # small models: more rounds against noise
+    for round_ in range(rounds):
         for i in range(2):
             which = (round_ + i) % 2
             times[which].append(_time(sessions[which], feeds))
     return statistics.median(times[0]), statistics.median(times[1]), exported.exported.layer
+
+
+def agreement(names: list[str], squarings: list[int]) -> None:
+    """How close the exported Eigen methods come to NumPy's exact decomposition, by number of squarings, on the
+    example images (bundled models) or random inputs (others): worst Pearson r and max |difference| per model."""
+    from onnxcam.images import preprocess, read_image
+
+    images = sorted((ROOT / "examples" / "images").glob("*.png"))
+    print("| model | method | " + " | ".join(f"{2 ** s} steps ({s} squarings)" for s in squarings) + " |")
+    print("|---|---|" + "---:|" * len(squarings))
+    for name in names:
+        found = model_path(name)
+        if found is None:
+            continue
+        path, size = found
+        ex = onnxcam.Explainer(path, device="cpu")
+        x = (np.concatenate([preprocess(read_image(p), ex.preprocessing) for p in images]) if size == 96 else
+             np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32))
+        for method in ("eigencam", "eigengradcam"):
+            reference = ex.explain(x, method)
+            cells = []
+            for count in squarings:
+                with tempfile.TemporaryDirectory() as folder:
+                    out = export_model(path, Path(folder) / "m.onnx", ExportOptions(method=method, squarings=count))
+                    session = make_session(out.path, ["CPUExecutionProvider"])
+                    cam = session.run(["cam"], {ex.input_name: x})[0]
+                r = min(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(cam, reference))
+                cells.append(f"r {r:.6f}, {np.abs(cam - reference).max():.1e}")
+            print(f"| {name} | {method} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or tensorrt")
+    parser.add_argument("--agreement", action="store_true", help="eigen methods' agreement with NumPy instead")
     args = parser.parse_args(argv)
+    if args.agreement:
+        agreement(args.models.split(","), [2, 4, 8, 12])
+        return 0
     providers = choose_providers(args.device)
     print(f"{args.method}, batch {args.batch}, {providers[0]}; onnxruntime {ort.__version__}, onnxcam "
           f"{onnxcam.__version__}, {os.cpu_count()} logical CPUs; median of {args.repeat} round-robin rounds after "

@@ -36,7 +36,7 @@ from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.load import ModelSource, default_opset, load_model
 from onnxcam.graph.rewrite import SEED, Reverse, _live, check_tensors, image_input, prepare_reverse
 from onnxcam.methods import get_method
-from onnxcam.tokens import TOKEN_LAYOUTS, TokenOptions, infer_grid
+from onnxcam.tokens import TokenOptions, infer_grid
 
 CAM = "cam"
 CAM_CLASS = "cam_class"
