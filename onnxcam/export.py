@@ -231,13 +231,17 @@ def _own_opset(source: ModelSource) -> int | None:
 def _previous_export(model: onnx.ModelProto, replace: bool) -> bool:
     """Refuse an already exported model, or (replace=True) strip its explanation so it is exported afresh."""
     found = read_export_metadata(model)
-    outputs = {o.name for o in model.graph.output}
-    if found is None and CAM not in outputs:
+    if found is None:
+        names = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+        taken = [n for n in (CAM, CAM_CLASS, TARGET_INPUT) if n in names]
+        if taken:  # not ours: never strip a user's tensors
+            raise ModelError(f"the model already has a tensor named '{taken[0]}', which the export adds; rename it "
+                             "in the model first")
         return False
     if not replace:
-        what = f"method {found.get('method')} at layer '{found.get('layer')}'" if found else "an output named 'cam'"
-        raise InputError(f"the model is already an onnxcam export ({what}); export the original model, or pass "
-                         "--replace to rebuild its explanation")
+        raise InputError(f"the model is already an onnxcam export (method {found.get('method')} at layer "
+                         f"'{found.get('layer')}'); export the original model, or pass --replace to rebuild its "
+                         "explanation")
     _strip_export(model)
     return True
 

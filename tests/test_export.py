@@ -270,6 +270,14 @@ def test_bad_options(options: ExportOptions, message: str) -> None:
         build_export(MODELS / "shapes_resnet.onnx", options)
 
 
+def test_a_users_own_cam_output_is_never_stripped() -> None:
+    model = _toy("Relu")
+    model.graph.output[0].name = model.graph.node[-1].output[0] = CAM
+    for replace in (False, True):
+        with pytest.raises(ModelError, match="already has a tensor named 'cam'.*rename it"):
+            build_export(model, ExportOptions(layer="features", replace=replace))
+
+
 def test_non_classifiers_are_refused() -> None:
     with pytest.raises(ModelError, match="export explains classifiers.*not \\(N, classes\\)"):
         build_export(MODELS / "shapes_segmenter.onnx")
