@@ -30,11 +30,12 @@ import onnx
 from onnx import helper
 
 from onnxcam.errors import InputError, LayerError, ModelError
-from onnxcam.graph.autodiff import ancestors, backward, depends_on
 from onnxcam.graph.builder import Builder
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.load import ModelSource, default_opset, load_model
-from onnxcam.graph.rewrite import SEED, Reverse, _live, check_tensors, image_input, prepare_reverse
+from onnxcam.graph.reverse.model import SEED, Reverse, check_tensors, image_input, live_nodes, prepare_reverse
+from onnxcam.graph.reverse.walker import backward, depends_on
+from onnxcam.graph.topo import ancestors
 from onnxcam.methods import get_method
 from onnxcam.tokens import TokenOptions, infer_grid
 
@@ -151,7 +152,7 @@ def build_export(source: ModelSource, options: ExportOptions = ExportOptions()) 
         explained = classes if valid is None else b.op("Where", valid, classes, b.const(-1, "int64"))
         b.nodes.append(helper.make_node("Identity", [explained], [CAM_CLASS], name=f"{PREFIX}out_cam_class"))
         wanted.add(CAM_CLASS)
-    nodes, initializers = _live(*b.finish(), wanted)
+    nodes, initializers = live_nodes(*b.finish(), wanted)
     r.model.graph.node.extend(nodes)
     r.model.graph.initializer.extend(initializers)
     _drop_unused_initializers(r.model.graph)

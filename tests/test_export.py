@@ -336,7 +336,7 @@ def test_cli_export(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from onnxcam.cli_export import export
+    from onnxcam.cli.export import export
 
     app = typer.Typer()
     app.command("export")(export)

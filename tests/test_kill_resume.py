@@ -100,3 +100,53 @@ def test_resume_removes_only_our_stale_temporaries(tmp_path):
     assert all(p.exists() for p in theirs)
     write_bytes(out / "a.png.gradcam.png", b"whole")  # the name write_bytes uses is the one removed above
     assert (out / "a.png.gradcam.png").read_bytes() == b"whole" and not list(out.glob(".a.gradcam.png.*"))
+
+
+TASKS = {
+    "segment": (ROOT / "models" / "shapes_segmenter.onnx", []),
+    "detect": (ROOT / "models" / "shapes_detector.onnx", ["--threshold", "0.2", "--max-detections", "2"]),
+    "embed": (ROOT / "models" / "shapes_embedder.onnx", ["--reference", str(ROOT / "examples" / "images" /
+                                                                        "01_circle.png")]),
+}
+
+
+def _run_task(task: str, images: Path, out: Path, *extra: str) -> subprocess.Popen:
+    model, options = TASKS[task]
+    return subprocess.Popen([sys.executable, "-m", "onnxcam", "explain", str(model), str(images), "--out", str(out),
+                             "--batch-size", "4", "--method", "gradcam,layercam", "--option", "eigen_sign=activation",
+                             *options, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_task_models_killed_then_resumed_equal_an_uninterrupted_run(images, tmp_path, task):
+    subset = tmp_path / "in"
+    subset.mkdir()
+    for path in sorted(images.glob("*.png"))[:24]:
+        (subset / path.name).write_bytes(path.read_bytes())
+    reference = tmp_path / "reference"
+    assert _run_task(task, subset, reference).wait(timeout=300) == 0 or task == "detect"
+    out = tmp_path / "out"
+    rng = np.random.default_rng(len(task))
+    kills = 0
+    for _ in range(20):
+        process = _run_task(task, subset, out, "--resume")
+        wanted = len(list(out.rglob("*.npy"))) + int(rng.integers(1, 12))
+        while process.poll() is None and len(list(out.rglob("*.npy"))) < wanted:
+            time.sleep(0.01)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+        else:
+            break
+    final = _run_task(task, subset, out, "--resume")
+    final.wait(timeout=300)
+    assert kills >= 1
+    expected, got = _maps(reference), _maps(out)
+    assert expected and sorted(expected) == sorted(got)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    keys = [(r["name"], r["method"], (r.get("paths") or {}).get("map")) for r in records]
+    assert len(keys) == len(set(keys))  # every image once per method and target

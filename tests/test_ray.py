@@ -169,3 +169,23 @@ def test_a_model_error_in_the_workers_is_one_line(tmp_path: Path, ray_cluster) -
         explain_images(model, [IMAGES / "01_circle.png"], tmp_path / "ray", device="cpu", preset="imagenet", size=8,
                        engine="ray")
     assert str(info.value) == str(local)
+
+
+@pytest.mark.parametrize("model, options", [
+    ("shapes_segmenter.onnx", {}),
+    ("shapes_detector.onnx", {"threshold": 0.2, "max_detections": 2}),
+    ("shapes_embedder.onnx", {"reference": IMAGES / "02_triangle.png"}),
+])
+def test_ray_engine_runs_every_task_like_the_local_run(tmp_path: Path, ray_cluster, model: str,
+                                                       options: dict) -> None:
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    args = {"methods": ["gradcam", "layercam"], "batch_size": 3, "device": "cpu",
+            "method_options": {"layercam": {"eigen_sign": "activation"}}, **options}
+    expected = explain_images(ROOT / "models" / model, [IMAGES], local, **args)
+    summary = explain_images(ROOT / "models" / model, [IMAGES], distributed, engine="ray", workers=2, **args)
+    assert (summary.done, summary.failed) == (expected.done, expected.failed) and summary.done > 0
+    assert _records(distributed) == _records(local)
+    maps = sorted(p.name for p in local.glob("*.npy"))
+    assert maps and maps == sorted(p.name for p in distributed.glob("*.npy"))
+    for name in maps:
+        np.testing.assert_allclose(np.load(distributed / name), np.load(local / name), atol=1e-6, err_msg=name)

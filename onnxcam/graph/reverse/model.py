@@ -156,7 +156,7 @@ def finish_outputs(b: Builder, rewritten: onnx.ModelProto, scores: str, chosen: 
     b.nodes.extend(helper.make_node("Identity", [computed[n]], [names[n]], name=f"onnxcam/out_{prefix}{n}")
                    for n in computed)
     b.nodes.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
-    nodes, initializers = _live(*b.finish(), {SCORES, *names.values()})
+    nodes, initializers = live_nodes(*b.finish(), {SCORES, *names.values()})
     rewritten.graph.node.extend(nodes)
     rewritten.graph.initializer.extend(initializers)
     outputs = {SCORES: (b.elem_type(chosen), b.static_shape(chosen))}
@@ -166,7 +166,7 @@ def finish_outputs(b: Builder, rewritten: onnx.ModelProto, scores: str, chosen: 
     return names
 
 
-def _live(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
+def live_nodes(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
           outputs: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Drop emitted nodes whose results reach no output (rules also emit gradients for weights, and
     onnxruntime would compute those: it does not eliminate dead nodes)."""

@@ -1,28 +1,19 @@
 """`onnxcam export`: write a model whose outputs include its own CAM (see onnxcam.export).
 
-The command function is registered by the CLI's composer: `app.command("export")(export)`.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from onnxcam.cli.common import console as _out
+from onnxcam.cli.common import err_console as _err
+from onnxcam.cli.common import fail as _fail
 from onnxcam.errors import InputError, OnnxcamError
-
-_out = Console()
-_err = Console(stderr=True)
-
-
-def _fail(error: BaseException, debug: bool) -> NoReturn:
-    if debug:
-        raise error
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(2)
 
 
 def parse_size(text: str) -> str | tuple[int, int]:
