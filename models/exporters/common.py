@@ -38,9 +38,9 @@ def strip_debug_metadata(proto: onnx.ModelProto) -> None:
 
 
 def check_and_save(proto: onnx.ModelProto, name: str, x: np.ndarray, expected: np.ndarray,
-                   entry: dict[str, Any], rtol: float = 1e-4) -> Path:
-    """Write `proto` as models/exporters/<name> once onnxruntime reproduces the framework's output on `x`,
-    and record `entry` for it in zoo.json."""
+                   entry: dict[str, Any], rtol: float = 1e-4, extra: dict[str, np.ndarray] | None = None) -> Path:
+    """Write `proto` as models/exporters/<name> once onnxruntime reproduces the framework's output on `x`
+    (with `extra` fed to the other inputs an exporter left), and record `entry` for it in zoo.json."""
     strip_debug_metadata(proto)
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
@@ -48,7 +48,7 @@ def check_and_save(proto: onnx.ModelProto, name: str, x: np.ndarray, expected: n
         raise SystemExit(f"{name}: {len(data) / 2**20:.1f} MiB, above the {MAX_BYTES / 2**20:.0f} MiB aim; "
                          "make the model narrower")
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    got = session.run(None, {session.get_inputs()[0].name: x, **(extra or {})})[0]
     scale = float(np.abs(expected).max())
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * scale, err_msg=f"{name}: onnxruntime vs framework")
     if scale < 0.1 or float(np.ptp(expected)) < 0.05:
@@ -83,8 +83,8 @@ def random_images(shape: tuple[int, ...], seed: int, low: float = 0.0, high: flo
     return (low + (high - low) * base).astype(np.float32)
 
 
-def match_tensors(proto: onnx.ModelProto, x: np.ndarray, wanted: dict[str, np.ndarray],
-                  rtol: float = 1e-4) -> dict[str, str | None]:
+def match_tensors(proto: onnx.ModelProto, x: np.ndarray, wanted: dict[str, np.ndarray], rtol: float = 1e-4,
+                  extra: dict[str, np.ndarray] | None = None) -> dict[str, str | None]:
     """For each framework activation in `wanted` (label -> array, in the ONNX tensor's layout), the last float
     tensor of the export (in graph order) that holds the same values, or None when no tensor does (the exporter
     fused it away). This is the ground truth the tests compare onnxcam's layer choices with."""
@@ -96,7 +96,7 @@ def match_tensors(proto: onnx.ModelProto, x: np.ndarray, wanted: dict[str, np.nd
         if name not in existing:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
+    feed = {session.get_inputs()[0].name: x, **(extra or {})}
     values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
     found: dict[str, str | None] = {}
     for label, array in wanted.items():

@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import timm
 import torch
 from common import check_and_save, match_tensors, random_images
