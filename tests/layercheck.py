@@ -26,15 +26,17 @@ from onnxcam.graph.rewrite import expose
 def check_layer_gradient(path: str | Path, x: np.ndarray, layer: str, targets: Sequence[int] | None = None,
                          directions: int = 3, elements: int = 6, eps: float = 1e-5, rtol: float = 1e-3,
                          seed: int = 0) -> dict[str, float]:
-    """Assert that onnxcam's gradient of the target logits at `layer` matches finite differences; return the
-    worst relative errors seen (directional and elementwise)."""
-    res = onnxcam.gradients(path, x, layers=[layer], targets=targets)
+    """Assert that onnxcam's gradient at `layer` matches finite differences; return the worst relative errors
+    seen (directional and elementwise). The score is the sum of the target logits for a classifier (targets, or
+    the predicted classes), and sum(weights * output) with random weights for any other output (segmentation
+    maps, raw detections)."""
+    rng = np.random.default_rng(seed)
+    weights = _seed(path, x, targets, rng)
+    res = onnxcam.gradients(path, x, layers=[layer], targets=weights)
     act, grad = res.activations[layer].astype(np.float64), res.gradients[layer].astype(np.float64)
-    assert res.targets is not None
     assert np.isfinite(grad).all(), f"gradient at '{layer}' is not finite"
     assert np.abs(grad).max() > 0, f"gradient at '{layer}' is zero everywhere"
-    score_of = _head_score(path, x, layer, res.targets)
-    rng = np.random.default_rng(seed)
+    score_of = _head_score(path, x, layer, weights.astype(np.float64))
     worst = {"directional": 0.0, "elementwise": 0.0}
     norm = float(np.linalg.norm(grad))
     for _ in range(directions):
@@ -61,8 +63,19 @@ def check_layer_gradient(path: str | Path, x: np.ndarray, layer: str, targets: S
     return worst
 
 
-def _head_score(path: str | Path, x: np.ndarray, layer: str, targets: np.ndarray):  # type: ignore[no-untyped-def]
-    """A float64 function: the activation at `layer` -> sum over images of the target logits."""
+def _seed(path: str | Path, x: np.ndarray, targets: Sequence[int] | None, rng: np.random.Generator) -> np.ndarray:
+    """The weights of the score: one-hot target rows for (N, classes) outputs, random ones otherwise."""
+    output = onnxcam.Explainer(path).outputs(x)
+    if output.ndim != 2:
+        return rng.standard_normal(output.shape).astype(np.float32)
+    classes = output.argmax(axis=1) if targets is None else np.asarray(targets)
+    weights = np.zeros(output.shape, np.float32)
+    weights[np.arange(len(classes)), classes] = 1.0
+    return weights
+
+
+def _head_score(path: str | Path, x: np.ndarray, layer: str, weights: np.ndarray):  # type: ignore[no-untyped-def]
+    """A float64 function: the activation at `layer` -> sum(weights * score), the score shaped like `weights`."""
     model = load_model(path)
     score, _ = find_score(model)
     head = extract_head(model, layer, score)
@@ -74,11 +87,9 @@ def _head_score(path: str | Path, x: np.ndarray, layer: str, targets: np.ndarray
         values = forward.run(head.extra_inputs, {image: x})
         extras = {n: v.astype(np.float64) if v.dtype == np.float32 else v for n, v in zip(head.extra_inputs, values)}
     reference = ReferenceEvaluator(to_float64(head.model), new_ops=[Erf64, Gelu64])
-    rows = np.arange(len(targets))
 
     def score_of(activation: np.ndarray) -> float:
-        logits = reference.run([score], {layer: activation, **extras})[0]
-        logits = logits.reshape(len(targets), -1)
-        return float(np.sum(logits[rows, targets]))
+        value = reference.run([score], {layer: activation, **extras})[0]
+        return float(np.sum(weights * value.reshape(weights.shape)))
 
     return score_of

@@ -38,9 +38,10 @@ def strip_debug_metadata(proto: onnx.ModelProto) -> None:
 
 
 def check_and_save(proto: onnx.ModelProto, name: str, x: np.ndarray, expected: np.ndarray,
-                   entry: dict[str, Any], rtol: float = 1e-4, extra: dict[str, np.ndarray] | None = None) -> Path:
-    """Write `proto` as models/exporters/<name> once onnxruntime reproduces the framework's output on `x`
-    (with `extra` fed to the other inputs an exporter left), and record `entry` for it in zoo.json."""
+                   entry: dict[str, Any], rtol: float = 1e-4, extra: dict[str, np.ndarray] | None = None,
+                   folder: Path = HERE) -> Path:
+    """Write `proto` as <folder>/<name> once onnxruntime reproduces the framework's output on `x` (with `extra`
+    fed to the other inputs an exporter left), and record `entry` for it in <folder>/zoo.json."""
     strip_debug_metadata(proto)
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
@@ -54,9 +55,9 @@ def check_and_save(proto: onnx.ModelProto, name: str, x: np.ndarray, expected: n
     if scale < 0.1 or float(np.ptp(expected)) < 0.05:
         raise SystemExit(f"{name}: the framework's outputs are nearly constant (max |logit| {scale:.3g}); "
                          "random weights this small would make every map noise")
-    path = HERE / name
+    path = folder / name
     path.write_bytes(data)
-    record(name, {**entry, "bytes": len(data), "output_shape": list(got.shape[1:])})
+    record(name, {**entry, "bytes": len(data), "output_shape": list(got.shape[1:])}, folder / ZOO.name)
     print(f"{name}: {len(data) / 1024:.0f} KiB, opset {opset_of(proto)}, logits {got.shape}, max |logit| {scale:.2f}")
     return path
 
@@ -65,10 +66,10 @@ def opset_of(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def record(name: str, entry: dict[str, Any]) -> None:
-    zoo = json.loads(ZOO.read_text()) if ZOO.exists() else {}
+def record(name: str, entry: dict[str, Any], zoo_file: Path = ZOO) -> None:
+    zoo = json.loads(zoo_file.read_text()) if zoo_file.exists() else {}
     zoo[name] = entry
-    ZOO.write_text(json.dumps(dict(sorted(zoo.items())), indent=1) + "\n")
+    zoo_file.write_text(json.dumps(dict(sorted(zoo.items())), indent=1) + "\n")
 
 
 def random_images(shape: tuple[int, ...], seed: int, low: float = 0.0, high: float = 255.0) -> np.ndarray:

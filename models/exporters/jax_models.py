@@ -13,11 +13,14 @@ writes opset 23 by default (what users get) and 21 on request.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import jax2onnx
 import numpy as np
-from common import check_and_save, match_tensors, random_images
+from common import HERE, check_and_save, match_tensors, random_images
 from flax import nnx
 
 CLASSES = 10
@@ -83,8 +86,11 @@ def randomise_batchnorm(model: nnx.Module, seed: int) -> None:
             module.bias.value = jnp.asarray(0.2 * rng.standard_normal(shape), jnp.float32)
 
 
-def main() -> None:
+def main(folder: Path = HERE, only: tuple[str, ...] = ()) -> None:
+    """Export every model (or those whose file stem starts with one of `only`) into `folder`."""
     for index, (name, cls) in enumerate([("flax_resnet", ResNetish), ("flax_convnext", ConvNeXtish)]):
+        if only and not name.startswith(only):
+            continue
         model = cls(nnx.Rngs(index))
         randomise_batchnorm(model, index)
         x = random_images((SIZE, SIZE, 3), seed=index, low=-0.5, high=0.5)
@@ -105,8 +111,8 @@ def main() -> None:
                                    "tensor_layout": "NHWC" if found["nhwc"] else "NCHW"},
                 "modules": {}, "preprocessing": PREPROCESSING,
             }
-            check_and_save(proto, f"{name}_jax2onnx_op{opset}.onnx", x, logits, entry, rtol=2e-4)
+            check_and_save(proto, f"{name}_jax2onnx_op{opset}.onnx", x, logits, entry, rtol=2e-4, folder=folder)
 
 
 if __name__ == "__main__":
-    main()
+    main(only=tuple(sys.argv[1:]))

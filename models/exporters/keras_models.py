@@ -16,7 +16,9 @@ channel means, no scaling). A plain functional CNN ending in a softmax Dense sta
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -25,7 +27,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
-from common import check_and_save, match_tensors, random_images  # noqa: E402
+from common import HERE, check_and_save, match_tensors, random_images  # noqa: E402
 from keras import layers  # noqa: E402
 from keras.src.applications import efficientnet, mobilenet_v3, resnet  # noqa: E402
 
@@ -148,11 +150,14 @@ def keras_export(model: keras.Model) -> onnx.ModelProto:
         return onnx.load(path)
 
 
-def main() -> None:
+def main(folder: Path = HERE, only: tuple[str, ...] = ()) -> None:
+    """Export every model (or those whose file stem starts with one of `only`) into `folder`."""
     keras.utils.set_random_seed(0)
     builders = {"keras_mobilenetv3": mobilenetv3, "keras_efficientnet": efficientnet_model,
                 "keras_resnet": resnet_model, "keras_cnn": cnn}
     for index, (name, build) in enumerate(builders.items()):
+        if only and not name.startswith(only):
+            continue
         model = build()
         randomise(model, index)
         raw = PREPROCESSING[name]["scale"] == 1.0
@@ -191,8 +196,8 @@ def main() -> None:
                 entry["extra_inputs"] = {k: v.tolist() for k, v in extra.items()}
             suffix = "_extra_inputs" if extra else ""
             check_and_save(proto, f"{name}_{exporter}_op{opset_written}{suffix}.onnx", x, expected, entry,
-                           rtol=2e-4, extra=extra)
+                           rtol=2e-4, extra=extra, folder=folder)
 
 
 if __name__ == "__main__":
-    main()
+    main(only=tuple(sys.argv[1:]))

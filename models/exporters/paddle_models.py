@@ -16,13 +16,15 @@ the ImageNet mean/std after / 255.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
 import paddle
 import paddle2onnx
-from common import check_and_save, match_tensors, random_images
+from common import HERE, check_and_save, match_tensors, random_images
 from paddle import nn
 from paddle.vision.models import MobileNetV3Small
 from paddle.vision.models.resnet import BasicBlock
@@ -84,11 +86,14 @@ def export(model: nn.Layer, opset: int) -> onnx.ModelProto:
         return onnx.load(stem + ".onnx")
 
 
-def main() -> None:
+def main(folder: Path = HERE, only: tuple[str, ...] = ()) -> None:
+    """Export every model (or those whose file stem starts with one of `only`) into `folder`."""
     paddle.seed(0)
     builders = {"paddle_resnet": SmallResNet, "paddle_mobilenetv3": lambda: MobileNet(scale=0.25,
                                                                                        num_classes=CLASSES)}
     for index, (name, build) in enumerate(builders.items()):
+        if only and not name.startswith(only):
+            continue
         model = build()
         randomise(model, index)
         x = random_images((3, SIZE, SIZE), seed=index, low=-2.0, high=2.0)
@@ -107,8 +112,8 @@ def main() -> None:
                                    "tensor": found["features"]},
                 "modules": {}, "preprocessing": PREPROCESSING,
             }
-            check_and_save(proto, f"{name}_paddle2onnx_op{opset}.onnx", x, logits, entry)
+            check_and_save(proto, f"{name}_paddle2onnx_op{opset}.onnx", x, logits, entry, folder=folder)
 
 
 if __name__ == "__main__":
-    main()
+    main(only=tuple(sys.argv[1:]))

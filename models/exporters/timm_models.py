@@ -15,13 +15,15 @@ interpolation, centre-crops `size` and normalises with mean/std.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
-from common import check_and_save, match_tensors, random_images
+from common import HERE, check_and_save, match_tensors, random_images
 from timm.models import convnext, deit, efficientnet, mobilenetv3, regnet, resnet, vision_transformer
 from torch import nn
 from torch_models import export, module_outputs, randomise
@@ -108,10 +110,13 @@ def preprocessing(stands_for: str) -> dict:
             "scale": 1 / 255, "mean": list(cfg.mean), "std": list(cfg.std), "layout": "NCHW"}
 
 
-def main() -> None:
+def main(folder: Path = HERE, only: tuple[str, ...] = ()) -> None:
+    """Export every model (or those whose file stem starts with one of `only`) into `folder`."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
     for index, family in enumerate(FAMILIES):
+        if only and not family.name.startswith(only):
+            continue
         torch.manual_seed(index)
         model = family.build()
         shape = (3, family.size, family.size)
@@ -133,8 +138,8 @@ def main() -> None:
                 "expected_layer": {"framework_name": family.layer, "tensor": found[family.layer]},
                 "modules": found, "preprocessing": preprocessing(family.stands_for),
             }
-            check_and_save(proto, f"{family.name}_{exporter}_op{opset}.onnx", x, logits, entry)
+            check_and_save(proto, f"{family.name}_{exporter}_op{opset}.onnx", x, logits, entry, folder=folder)
 
 
 if __name__ == "__main__":
-    main()
+    main(only=tuple(sys.argv[1:]))

@@ -14,13 +14,15 @@ Its per-node stack traces are dropped (size); the module scopes (`pkg.torch.onnx
 from __future__ import annotations
 
 import io
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 import torchvision
-from common import check_and_save, match_tensors, random_images
+from common import HERE, check_and_save, match_tensors, random_images
 from torch import nn
 from torchvision.models import resnet
 
@@ -111,7 +113,8 @@ def export(model: nn.Module, x: torch.Tensor, exporter: str, opset: int, dynamic
     return onnx.load_from_string(buffer.getvalue())
 
 
-def main() -> None:
+def main(folder: Path = HERE, only: tuple[str, ...] = ()) -> None:
+    """Export every model (or those whose file stem starts with one of `only`) into `folder`."""
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -122,22 +125,24 @@ def main() -> None:
         logits = model(torch.from_numpy(x)).numpy()
     activations = module_outputs(model, torch.from_numpy(x), MODULES)
     for exporter, opset, dynamic in EXPORTS:
-        proto = export(model, torch.from_numpy(x), exporter, opset, dynamic)
         name = f"torchvision_resnet_{exporter}_op{opset}.onnx"
+        if only and not name.startswith(only):
+            continue
+        proto = export(model, torch.from_numpy(x), exporter, opset, dynamic)
         proto.producer_name += f" (torch {torch.__version__}, {exporter} exporter)"
         entry = {
             "framework": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
             "exporter": f"torch.onnx.export(dynamo={exporter == 'dynamo'}), opset {opset}",
             "family": "torchvision resnet", "layout": "NCHW", "input_shape": [3, SIZE, SIZE],
             "batch": "dynamic" if dynamic else "fixed 2", "input_range": [-2.0, 2.0],
-            "expected_layer": {"framework_name": "layer4 (= layer4[-1], pytorch-grad-cam's choice)",
-                               "tensor": None},
+            "expected_layer": {"framework_name": "layer4", "tensor": None,
+                               "note": "layer4's output is layer4[-1]'s, pytorch-grad-cam's choice for ResNets"},
             "modules": match_tensors(proto, x, activations),
             "preprocessing": TORCHVISION_PREPROCESSING,
         }
         entry["expected_layer"]["tensor"] = entry["modules"]["layer4"]
-        check_and_save(proto, name, x, logits, entry)
+        check_and_save(proto, name, x, logits, entry, folder=folder)
 
 
 if __name__ == "__main__":
-    main()
+    main(only=tuple(sys.argv[1:]))

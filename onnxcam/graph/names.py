@@ -58,8 +58,8 @@ def module_map(model: onnx.ModelProto) -> ModuleMap:
     result = ModuleMap(exporter, classes=classes)
     if exporter is None:
         return result
-    _inherit_chains(nodes, chains)
-    for node, chain in zip(nodes, chains):
+    complete = _inherit_chains(nodes, chains)
+    for node, chain in zip(nodes, complete):
         for out in node.output:
             if out:
                 result.chains[out] = chain
@@ -67,7 +67,7 @@ def module_map(model: onnx.ModelProto) -> ModuleMap:
             if path not in result.outputs:
                 result.paths.append(path)
                 result.outputs[path] = ""
-    result.outputs.update(_module_outputs(model, nodes, chains))
+    result.outputs.update(_module_outputs(model, nodes, complete))
     result.outputs = {p: t for p, t in result.outputs.items() if t}
     result.paths = [p for p in result.paths if p in result.outputs]
     return result
@@ -82,10 +82,18 @@ def resolve_module(model: onnx.ModelProto, path: str, modules: ModuleMap | None 
                          "(neither the dynamo exporter's name_scopes metadata nor TorchScript's '/module/...' node "
                          f"names) to resolve it as a module path"
                          f"{_close_tensors(model, path, _INSPECT)}")
+    steps = _steps(path, modules)
     try:
-        resolved = _walk(modules, _steps(path, modules), path)
+        resolved = _walk(modules, steps, path)
     except LayerError as exc:
-        raise LayerError(f"{exc}{_close_tensors(model, path)}") from None
+        # pytorch-grad-cam's examples name the network `model` (model.layer4[-1]); Ultralytics has a real
+        # child called `model` (model.15), so the prefix is dropped only when the path does not resolve as given
+        if len(steps) < 2 or steps[0] != "model":
+            raise LayerError(f"{exc}{_close_tensors(model, path)}") from None
+        try:
+            resolved = _walk(modules, steps[1:], path)
+        except LayerError:
+            raise LayerError(f"{exc}{_close_tensors(model, path)}") from None
     return modules.outputs[resolved]
 
 
@@ -177,18 +185,20 @@ def _join(parent: str, segment: str) -> str:
     return f"{parent}.{segment}" if parent else segment
 
 
-def _inherit_chains(nodes: list[onnx.NodeProto], chains: list[Chain | None]) -> None:
-    """Nodes the exporter or an optimiser added without a scope sit in the deepest scope shared by the nodes
-    that feed them (the root when none does)."""
+def _inherit_chains(nodes: list[onnx.NodeProto], chains: list[Chain | None]) -> list[Chain]:
+    """Every node's chain: nodes the exporter or an optimiser added without a scope sit in the deepest scope
+    shared by the nodes that feed them (the root when none does)."""
     by_tensor: dict[str, Chain] = {}
-    for i, node in enumerate(nodes):
-        chain = chains[i]
+    complete: list[Chain] = []
+    for node, known in zip(nodes, chains):
+        chain = known
         if chain is None:
             feeding = [by_tensor[name] for name in node.input if name in by_tensor]
             chain = _common_prefix(feeding) if feeding else ()
-            chains[i] = chain
+        complete.append(chain)
         for out in node.output:
             by_tensor[out] = chain
+    return complete
 
 
 def _common_prefix(chains: list[Chain]) -> Chain:
@@ -201,13 +211,12 @@ def _common_prefix(chains: list[Chain]) -> Chain:
     return common
 
 
-def _module_outputs(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
-                    chains: list[Chain | None]) -> dict[str, str]:
+def _module_outputs(model: onnx.ModelProto, nodes: list[onnx.NodeProto], chains: list[Chain]) -> dict[str, str]:
     """Per module, the last float tensor made inside it that a node outside it (or the graph's output) reads."""
     readers: dict[str, list[Chain]] = {}
     for node, chain in zip(nodes, chains):
         for name in node.input:
-            readers.setdefault(name, []).append(chain or ())
+            readers.setdefault(name, []).append(chain)
     graph_outputs = {o.name for o in model.graph.output}
     types = _elem_types(model.graph)
     outputs: dict[str, str] = {}
@@ -215,7 +224,7 @@ def _module_outputs(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
         for out in node.output:
             if not out or types.get(out, onnx.TensorProto.FLOAT) not in FLOAT_TYPES:
                 continue  # shapes and indices leave modules too, but are never their output
-            for path in chain or ():
+            for path in chain:
                 if out in graph_outputs or any(path not in reader for reader in readers.get(out, [])):
                     outputs[path] = out
     return outputs
@@ -238,8 +247,6 @@ def _steps(path: str, modules: ModuleMap) -> list[str | int]:
                              f"'layer4.1' or 'layer4[-1]'){_close_paths(path, modules)}")
         steps.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
         position = match.end()
-    if len(steps) > 1 and steps[0] == "model" and "model" not in modules.children(""):
-        steps = steps[1:]  # pytorch-grad-cam's examples name the network `model`
     return steps
 
 
