@@ -127,6 +127,16 @@ def test_gradient_at_the_default_layer_matches_finite_differences(name: str) -> 
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
+def test_input_gradient_matches_finite_differences(name: str) -> None:
+    """Through every op of the model: the input is the layer, the whole model the head."""
+    entry = ZOO[name]
+    low, high = entry["input_range"]
+    image = onnx.load(str(EXPORTS / name)).graph.input[0].name
+    # float64 differences of a score computed from 0-255 pixels need a step of the pixels' scale
+    check_layer_gradient(EXPORTS / name, batch(entry), image, directions=2, elements=4, eps=1e-6 * max(1.0, high - low))
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
 def test_layout_and_size_come_from_the_graph(name: str) -> None:
     entry = ZOO[name]
     model = load_model(EXPORTS / name)
