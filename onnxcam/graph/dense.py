@@ -24,6 +24,31 @@ def head_input(model: onnx.ModelProto, score: str, infos: list[TensorInfo]) -> s
     return None
 
 
+def shared_head_input(model: onnx.ModelProto, score: str, infos: list[TensorInfo]) -> str | None:
+    """The last spatial tensor that every final convolution before the score depends on (a final convolution
+    feeds no other convolution on the way to the score).
+
+    With one prediction head this is head_input's answer. A multi-scale detector (YOLOv5/v8: one head per
+    stride, concatenated) has a final convolution per scale; head_input then picks one scale's branch, whose
+    gradient is zero for every detection made at the other scales (about 95% of YOLOv8's rows at 320 px). The
+    tensor shared by all scales is the highest-resolution neck output (Ultralytics' model.15)."""
+    nodes = list(model.graph.node)
+    needed = ancestors(nodes, score)
+    spatial = [t.name for t in infos if t.spatial and t.op_type]
+    spatial_set = set(spatial)
+    convs = [n for n in nodes if n.op_type == "Conv" and n.output[0] in needed and n.input[0] in spatial_set]
+    conv_inputs = {n.input[0] for n in convs}
+    feeds_conv: set[str] = set()  # tensors from which some convolution of `convs` is reached
+    for node in reversed(nodes):
+        if any(name in conv_inputs or name in feeds_conv for name in node.output):
+            feeds_conv.update(name for name in node.input if name)
+    finals = [n for n in convs if n.output[0] not in feeds_conv]
+    if not finals:
+        return None
+    shared = set.intersection(*(ancestors(nodes, n.input[0]) for n in finals))
+    return next((name for name in reversed(spatial) if name in shared), None)
+
+
 def selection_nodes(model: onnx.ModelProto, output: str) -> list[onnx.NodeProto]:
     """The NonMaxSuppression / TopK nodes that `output` depends on."""
     needed = ancestors(list(model.graph.node), output)

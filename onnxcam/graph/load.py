@@ -343,7 +343,29 @@ def _evaluate(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
 
 
 def _infer_shapes(model: ModelProto) -> ModelProto:
+    """Shapes inferred from the ops win over the shapes an exporter declared: jax2onnx 0.17 declares some
+    intermediate tensors NHWC that it computes NCHW. Declared shapes stay only where inference finds none."""
+    declared = list(model.graph.value_info)
+    del model.graph.value_info[:]
     try:
-        return shape_inference.infer_shapes(model, data_prop=True)
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # inference is an aid: rules fall back to run-time shapes
+        model.graph.value_info.extend(declared)
         return model
+    found = {v.name: v for v in inferred.graph.value_info if v.type.tensor_type.HasField("shape")}
+    for value in declared:
+        if value.name not in found:
+            inferred.graph.value_info.append(value)
+        else:
+            _fill_unknown_dims(found[value.name], value)
+    return inferred
+
+
+def _fill_unknown_dims(inferred: onnx.ValueInfoProto, declared: onnx.ValueInfoProto) -> None:
+    """Dims inference left open take the declared ones, when both have the same rank."""
+    dims, hints = inferred.type.tensor_type.shape.dim, declared.type.tensor_type.shape.dim
+    if len(dims) != len(hints):
+        return
+    for dim, hint in zip(dims, hints):
+        if not dim.HasField("dim_value") and not dim.HasField("dim_param") and hint.HasField("dim_value"):
+            dim.dim_value = hint.dim_value
