@@ -16,7 +16,7 @@ import numpy as np
 
 from onnxcam.errors import GradientError, InputError, LayerError
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
-from onnxcam.graph.dense import head_input, nms_classes, prefer_pre_nms, selection_nodes
+from onnxcam.graph.dense import nms_classes, prefer_pre_nms, selection_nodes, shared_head_input
 from onnxcam.graph.head import SCALE, biased_outputs, extract_head, linear_head_weights, pooled_channels
 from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.reverse.model import check_tensors, expose, image_input
@@ -61,8 +61,9 @@ class ModelView:
         self.output_option, self.probabilities = output, probabilities
         self.layers = [t.name for t in self.tensors if t.spatial and t.op_type]
         self.default_layer = default_layer(self.model, self.score, self.tensors)
-        if self.task in ("segment", "detect"):  # the last spatial map is the class head itself: take its input
-            self.default_layer = head_input(self.model, self.score, self.tensors) or self.default_layer
+        if self.task in ("segment", "detect"):  # the last spatial map is the class head itself: take the input
+            # that every head (every scale of a multi-scale detector) depends on
+            self.default_layer = shared_head_input(self.model, self.score, self.tensors) or self.default_layer
         chosen = [self.default_layer] if layer is None else [layer] if isinstance(layer, str) else list(layer)
         check_tensors(self.model, chosen)
         self.layer = chosen

@@ -20,7 +20,7 @@ import onnxcam
 from onnxcam.graph.catalogue import find_score
 from onnxcam.graph.head import extract_head
 from onnxcam.graph.load import load_model
-from onnxcam.graph.rewrite import expose
+from onnxcam.graph.reverse.model import expose
 
 
 def check_layer_gradient(path: str | Path, x: np.ndarray, layer: str, targets: Sequence[int] | None = None,

@@ -139,7 +139,7 @@ def test_layer_size_and_explicit_size(tmp_path: Path, explainers: dict, method: 
     x = images_for(ex)
     res = onnxcam.gradients(path, x, layers=[ex.default_layer])
     acts, grads = res.activations[ex.default_layer], res.gradients[ex.default_layer]
-    evidence = Evidence(acts, grads, res.scores.argmax(axis=1), res.scores, x, ex.default_layer)
+    evidence = Evidence(acts, res.scores.argmax(axis=1), res.scores, x, ex.default_layer, gradients=grads)
     raw = combine(get_method(method).fn(evidence), acts, False)
     for size in ["layer", (5, 7), (13, 12), (150, 41)]:
         result = export_model(path, tmp_path / "s.onnx", ExportOptions(method=method, size=size))

@@ -36,10 +36,10 @@ from layercheck import check_layer_gradient
 
 import onnxcam
 from onnxcam.errors import LayerError, OnnxcamError
-from onnxcam.graph.builder import _static_shapes
 from onnxcam.graph.dense import shared_head_input
 from onnxcam.graph.load import load_model
 from onnxcam.graph.names import module_path, resolve_module
+from onnxcam.graph.topo import static_shapes as _static_shapes
 from onnxcam.images import resolve_preprocessing
 from onnxcam.targets import DetectionTarget
 
@@ -295,9 +295,6 @@ def test_nudenet_shared_head_input_reaches_every_stride() -> None:
     assert min(_row_gradients(path, x, layer)) > 0
 
 
-@pytest.mark.xfail(strict=True, reason="the detection default layer is the stride-32 class branch's input "
-                   "(graph/dense.py head_input), which no stride-8 or stride-16 detection reaches; "
-                   "shared_head_input is the fix, not wired in yet")
 def test_nudenet_default_layer_reaches_every_stride() -> None:
     path = wheel_model("nudenet")
     x = wheels.package_module(wheels.NUDENET, "nudenet.nudenet")._read_image(example_images()[7], 320)[0]

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import onnx
 
 from onnxcam.errors import LayerError
-from onnxcam.graph.builder import _elem_types
 from onnxcam.graph.load import FLOAT_TYPES
+from onnxcam.graph.topo import elem_types
 
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 CLASS_HIERARCHY = "pkg.torch.onnx.class_hierarchy"
@@ -218,7 +218,7 @@ def _module_outputs(model: onnx.ModelProto, nodes: list[onnx.NodeProto], chains:
         for name in node.input:
             readers.setdefault(name, []).append(chain)
     graph_outputs = {o.name for o in model.graph.output}
-    types = _elem_types(model.graph)
+    types = elem_types(model.graph)
     outputs: dict[str, str] = {}
     for node, chain in zip(nodes, chains):
         for out in node.output:
