@@ -19,6 +19,7 @@ from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.dense import nms_classes, prefer_pre_nms, selection_nodes, shared_head_input
 from onnxcam.graph.head import SCALE, biased_outputs, extract_head, linear_head_weights, pooled_channels
 from onnxcam.graph.load import ModelSource, load_model
+from onnxcam.graph.names import ModuleMap, enclosing_module, module_map, module_path, resolve_layer
 from onnxcam.graph.reverse.model import check_tensors, expose, image_input
 from onnxcam.graph.reverse.relevance import LrpOptions
 from onnxcam.graph.topo import static_shapes
@@ -64,9 +65,7 @@ class ModelView:
         if self.task in ("segment", "detect"):  # the last spatial map is the class head itself: take the input
             # that every head (every scale of a multi-scale detector) depends on
             self.default_layer = shared_head_input(self.model, self.score, self.tensors) or self.default_layer
-        chosen = [self.default_layer] if layer is None else [layer] if isinstance(layer, str) else list(layer)
-        check_tensors(self.model, chosen)
-        self.layer = chosen
+        self.layer = self.resolve_layers(layer) or [self.default_layer]
         self.providers = choose_providers(device, providers)
         self.input_name = image_input(self.model)
         info = next(t for t in self.tensors if t.name == self.input_name)
@@ -80,6 +79,25 @@ class ModelView:
             value.type.tensor_type.elem_type, "tensor(float)")
 
     # --- facts ----------------------------------------------------------------------------------------------------
+    def resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
+        """Tensor names for what the user named: tensors, or PyTorch module paths the exporter recorded
+        ("layer4.1", pytorch-grad-cam's "layer4[-1]"), each resolved to the module's output tensor."""
+        if layer is None:
+            return []
+        names = [layer] if isinstance(layer, str) else list(layer)
+        resolved = [resolve_layer(self.model, name, self.modules) for name in names]
+        check_tensors(self.model, resolved)
+        return resolved
+
+    @functools.cached_property
+    def modules(self) -> ModuleMap:
+        """The PyTorch module paths the exporter recorded (empty for other exporters)."""
+        return module_map(self.model)
+
+    def module_path(self, tensor: str) -> str | None:
+        """The module whose output `tensor` is ("layer4.1"), else the innermost module computing it, else None."""
+        return module_path(self.model, tensor, self.modules) or enclosing_module(self.model, tensor, self.modules)
+
     @functools.cached_property
     def task(self) -> str | None:
         """classify / segment / detect / embed: the model's "task" metadata, else guessed from the output's rank."""

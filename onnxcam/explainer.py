@@ -20,9 +20,10 @@ from onnxcam.targets import CLASS_ONLY_METHODS, ClassifierOutputTarget, Detectio
 class Explainer:
     """Explain an ONNX image model with any method of `onnxcam.methods`.
 
-    model: a path, bytes or a loaded onnx.ModelProto. layer: a tensor name or a list of them (maps are averaged
-    over layers); None picks `default_layer`. device: auto, cpu, cuda or tensorrt (or `providers`, onnxruntime's
-    list). output / probabilities: which output to explain and whether to differentiate after its
+    model: a path, bytes or a loaded onnx.ModelProto. layer: a tensor name, a PyTorch module path the exporter
+    recorded ("layer4.1", "layer4[-1]"), or a list of them (maps are averaged over layers); None picks
+    `default_layer`. device: auto, cpu, cuda or tensorrt (or `providers`, onnxruntime's list). output /
+    probabilities: which output to explain and whether to differentiate after its
     Softmax/Sigmoid. grid / extra_tokens / extra_tokens_at: token layers of transformers where inference is
     ambiguous: the patch grid (h, w), the number of class/distillation/register tokens, "start" or "end".
 
@@ -60,6 +61,10 @@ class Explainer:
     task = property(lambda self: self.view.task, doc="classify, segment, detect or embed.")
     model_id = property(lambda self: self.view.model_id, doc="A content hash of the model.")
     classes = property(lambda self: self.view.classes, doc="The class count of an (N, classes) output, else None.")
+
+    def module_path(self, tensor: str) -> str | None:
+        """The PyTorch module a tensor belongs to, where the exporter recorded it ("layer4.1"), else None."""
+        return self.view.module_path(tensor)
 
     @property
     def labels(self) -> list[str] | None:
@@ -124,10 +129,7 @@ class Explainer:
         (callers that report scores need no second forward pass)."""
         spec = get_method(method)
         method_options = spec.accepts(options)
-        layers = self.layer if layer is None else [layer] if isinstance(layer, str) else list(layer)
-        if layer is not None:
-            from onnxcam.graph.reverse.model import check_tensors
-            check_tensors(self.model, layers)
+        layers = self.layer if layer is None else self.view.resolve_layers(layer)
         x = self.view.check(x)
         targets = self._by_name(targets)
         self._check_method(spec, targets, aug_smooth)
@@ -142,7 +144,7 @@ class Explainer:
                  method: str = "gradcam", **options: Any) -> list[Evidence]:
         """What `method` sees for x: one `Evidence` per layer (activations, targets, scores and the fields the
         method names in its `needs`). For inspecting or writing methods of your own."""
-        chosen = self.layer if layers is None else [layers] if isinstance(layers, str) else list(layers)
+        chosen = self.layer if layers is None else self.view.resolve_layers(layers)
         return self._evidence.build(self.view.check(x), self._by_name(targets), chosen, get_method(method), options)
 
     def preprocess(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:

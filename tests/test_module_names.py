@@ -134,3 +134,25 @@ def test_a_model_without_module_names() -> None:
     assert module_map(model).exporter is None
     with pytest.raises(LayerError, match="carries no PyTorch module names"):
         resolve_module(model, "layer4[-1]")
+
+
+def test_cli_takes_module_paths_and_several_layers(tmp_path: Path) -> None:
+    """--layer layer4[-1] (pytorch-grad-cam's spelling) and --layer a,b reach the job; records name the module."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from onnxcam import cli
+
+    model = Path(__file__).resolve().parent.parent / "models" / "exporters" / "torchvision_resnet_dynamo_op18.onnx"
+    image = Path(__file__).resolve().parent.parent / "examples" / "images" / "01_circle.png"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli.app, ["explain", str(model), str(image), "--out", str(out), "--device", "cpu",
+                                          "--layer", "layer4[-1]", "--layer", "layer3"])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    # the module shown is the outermost one whose output the tensor is (layer4[-1]'s output is layer4's)
+    assert record["layer_module"] == "layer4, layer3" and record["layer"].count(",") == 1
+    wrong = CliRunner().invoke(cli.app, ["explain", str(model), str(image), "--out", str(out), "--device", "cpu",
+                                         "--layer", "layer9"])
+    assert wrong.exit_code == 2 and "layer4" in wrong.output and "Traceback" not in wrong.output

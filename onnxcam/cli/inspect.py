@@ -54,8 +54,8 @@ def describe_model(model_path: Path) -> dict[str, Any]:
     meta = model_metadata(ex.model)
     labels = model_labels(ex.model)
     default = ex.default_layer
-    layers = [{**describe(t.name), "op": t.op_type, "layout": t.layout, "default": t.name == default}
-              for t in ex.tensors if t.spatial and t.op_type]
+    layers = [{**describe(t.name), "op": t.op_type, "layout": t.layout, "default": t.name == default,
+               "module": ex.module_path(t.name)} for t in ex.tensors if t.spatial and t.op_type]
     gradient_free = sorted(m.name for m in METHODS.values() if m.run == "forward")
     try:
         gradient_model(ex.model, [default])
@@ -114,10 +114,13 @@ def _print_inspect(info: dict[str, Any], all_layers: bool) -> None:
     if not any(d["default"] for d in layers):  # e.g. a ViT's default sits before the last block's attention
         layers = [d for d in info["layers"] if d["default"]] + layers
     table = Table(title=f"candidate layers ({len(layers)} of {len(info['layers'])}; --all for every one)")
-    for column in ("", "tensor", "op", "shape", "layout"):
+    modules = any(d.get("module") for d in layers)
+    for column in ("", "tensor", "module", "op", "shape", "layout") if modules else ("", "tensor", "op", "shape",
+                                                                                      "layout"):
         table.add_column(column)
     for d in layers:
-        table.add_row("*" if d["default"] else "", Text(d["name"]), d["op"], shape(d), d["layout"])
+        cells = [Text(d["module"] or "")] if modules else []
+        table.add_row("*" if d["default"] else "", Text(d["name"]), *cells, d["op"], shape(d), d["layout"])
     console.print(table)
     console.print(Text(f"default layer: {info['default_layer']}"))
     methods = info["methods"]

@@ -78,6 +78,8 @@ class Worker:
         self.thumbnails: dict[str, str] = {}   # overlay path -> report thumbnail, made while writing
         self.thumbnail_limit = REPORT_LIMIT    # 0 where no report is written from this process (Ray actors)
         self.layer_text = ", ".join(self.ex.layer)
+        modules = [self.ex.module_path(name) for name in self.ex.layer]
+        self.module_text = ", ".join(m for m in modules if m) or None
 
     def run(self, items: list[InputFile]) -> list[list[Record]]:
         """Records per input, in order: the three stages one after the other."""
@@ -269,7 +271,8 @@ class Worker:
                     "task": spec.plan.task, "predicted": predicted, "predicted_label": _label(labels, predicted),
                     "score": score, "target": e.target, "label": _label(labels, e.target),
                     "target_score": e.value, "probability": e.probability, "target_kind": e.kind, "box": box,
-                    "method": method, "layer": self.layer_text, "paths": {"overlay": png, "map": npy},
+                    "method": method, "layer": self.layer_text, "layer_module": self.module_text,
+                    "paths": {"overlay": png, "map": npy},
                     "flat": bool(np.ptp(cam) == 0),
                     "seconds": round(e.seconds.get(method, 0.0) + time.perf_counter() - t1, 4)})
         return records
