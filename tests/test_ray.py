@@ -184,8 +184,19 @@ def test_ray_engine_runs_every_task_like_the_local_run(tmp_path: Path, ray_clust
     expected = explain_images(ROOT / "models" / model, [IMAGES], local, **args)
     summary = explain_images(ROOT / "models" / model, [IMAGES], distributed, engine="ray", workers=2, **args)
     assert (summary.done, summary.failed) == (expected.done, expected.failed) and summary.done > 0
-    assert _records(distributed) == _records(local)
+    # target values come from each batch's forward pass: equal up to float32 rounding of other batch shapes
+    assert _rounded(_records(distributed)) == _rounded(_records(local))
     maps = sorted(p.name for p in local.glob("*.npy"))
     assert maps and maps == sorted(p.name for p in distributed.glob("*.npy"))
     for name in maps:
         np.testing.assert_allclose(np.load(distributed / name), np.load(local / name), atol=1e-6, err_msg=name)
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value

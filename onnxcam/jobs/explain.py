@@ -36,6 +36,7 @@ from onnxcam.jobs.pipeline import run_ordered
 from onnxcam.jobs.records import (
     MANIFEST,
     PARTIAL,
+    FAILURE_LIMIT,
     REPORT_LIMIT,
     RESULTS,
     Record,
@@ -104,6 +105,7 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
         raise InputError("no method given")
     options = {m: get_method(m).accepts(dict((method_options or {}).get(m, {}))) for m in methods}
     ex = explainer or Explainer(model, layer=layer, device=device, grid=grid, extra_tokens=extra_tokens)
+    _check_single_input(ex)
     for note in ex.notes:  # e.g. NMS inside the graph: the raw predictions before it are explained
         if on_note:
             on_note(note)
@@ -131,6 +133,8 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
             on_start(len(items))
         worker = Worker(spec, ex) if engine == "local" else None
         partial = folder.path(PARTIAL)
+        if partial.is_symlink():  # planted: never write through it
+            partial.unlink()
         log = open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644), "w",
                    encoding="utf-8")
         with log:
@@ -188,6 +192,16 @@ def explain_ray(model: ModelSource, inputs: Sequence[str | os.PathLike], out: st
 def _explainer_options(ex: Explainer) -> dict[str, Any]:
     """Everything the Explainer was made with, so a Ray actor builds the same one."""
     return {**ex.options, "layer": list(ex.layer)}
+
+
+def _check_single_input(ex: Explainer) -> None:
+    """A batch job feeds one image input; a model that needs more is refused before any image is read."""
+    weights = {t.name for t in ex.model.graph.initializer}
+    inputs = [i.name for i in ex.model.graph.input if i.name not in weights]
+    if len(inputs) > 1:
+        raise InputError(f"the model has {len(inputs)} inputs ({', '.join(printable(n) for n in inputs)}); onnxcam "
+                         f"feeds one image input ('{printable(ex.input_name)}'): export the model with the others "
+                         "folded in as constants")
 
 
 def _plan(ex: Explainer, task: str, target: int | str | None, top_k: int | None, mask: str | os.PathLike | None,
@@ -313,13 +327,19 @@ def write_report(summary: Summary, title: str, meta: dict[str, Any], limit: int 
     from inside the output folder only.
     """
     folder = OutputFolder(summary.out)
-    ok_seen, shown = 0, []
+    ok_seen, failed_seen, shown = 0, 0, []
     for rec in summary.records:
         if rec.get("status") != "failed":
             ok_seen += 1
             if ok_seen > limit:
                 continue
+        else:
+            failed_seen += 1
+            if failed_seen > FAILURE_LIMIT:
+                continue
         shown.append(rec)
+    if summary.failed > FAILURE_LIMIT:
+        meta = {**meta, "failures shown": f"{FAILURE_LIMIT} of {summary.failed} (all in {RESULTS})"}
     total = max(summary.total_records, len(summary.records))
     if len(shown) < total:
         meta = {**meta, "shown": f"{len(shown)} of {total} (all in {RESULTS})"}
@@ -339,4 +359,5 @@ def write_report(summary: Summary, title: str, meta: dict[str, Any], limit: int 
             rgb = None if overlay_path.is_symlink() else read_rgb(overlay_path)
             if rgb is not None:
                 thumbs[i] = thumbnail_data_uri(rgb)
-    write_bytes(folder.path("report.html"), report_html(shown, thumbs, title, meta).encode("utf-8"))
+    page = report_html(shown, thumbs, title, meta)
+    write_bytes(folder.path("report.html"), page.encode("utf-8", errors="backslashreplace"))

@@ -21,6 +21,7 @@ from onnxcam.files import printable
 RESULTS, REPORT, MANIFEST = "results.jsonl", "report.html", "run.json"
 PARTIAL = RESULTS + ".partial"
 REPORT_LIMIT = 2000  # explained records kept in memory for report.html; results.jsonl always has them all
+FAILURE_LIMIT = 500  # failures kept for the report and the summary; the rest are counted (and all in results.jsonl)
 # Manifest entries that must match for --resume to continue a run (the rest is information).
 RESUME_KEYS = ("model_sha256", "layers", "methods", "method_options", "targets", "preprocessing", "explainer")
 
@@ -60,6 +61,7 @@ class Summary:
     method_seconds: dict[str, float] = field(default_factory=dict)  # measured compute time per method
     stopped: str | None = None                         # why the run stopped early (disk full, interrupted)
     _kept_ok: int = 0
+    _kept_failed: int = 0
 
     def log_image(self, records: list[Record], log: IO[str]) -> None:
         """One image's records: appended to the open results log (flushed, so a kill loses no finished image)
@@ -81,7 +83,9 @@ class Summary:
     def add(self, record: Record) -> None:
         self.total_records += 1
         if record.get("status") == "failed":
-            self.records.append(record)
+            self._kept_failed += 1
+            if self._kept_failed <= FAILURE_LIMIT:
+                self.records.append(record)
         elif self._kept_ok < REPORT_LIMIT:
             self._kept_ok += 1
             self.records.append(record)
