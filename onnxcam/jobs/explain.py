@@ -34,9 +34,9 @@ from onnxcam.images import (
 from onnxcam.jobs.lock import OutputLock
 from onnxcam.jobs.pipeline import run_ordered
 from onnxcam.jobs.records import (
+    FAILURE_LIMIT,
     MANIFEST,
     PARTIAL,
-    FAILURE_LIMIT,
     REPORT_LIMIT,
     RESULTS,
     Record,
