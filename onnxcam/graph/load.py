@@ -1,8 +1,9 @@
 """Load and normalise ONNX models without touching the user's file.
 
 After `load_model` a model has all weights in memory, no initializers listed as graph inputs, a default-domain
-opset of at least MIN_OPSET (older models go through onnx's version converter), topologically sorted nodes and
-inferred shapes.
+opset of at least MIN_OPSET (older models go through onnx's version converter), topologically sorted nodes,
+integer (QOperator) ops rewritten as float ops between DequantizeLinear and QuantizeLinear (graph/quantized.py)
+and inferred shapes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import ModelProto, helper, numpy_helper, shape_inference, version_converter
 
 from onnxcam.errors import ModelError
+from onnxcam.graph.quantized import dequantize_operators
 
 # ScatterElements with reduction="add" (MaxPool's gradient) needs opset 16.
 MIN_OPSET = 16
@@ -37,6 +39,7 @@ def load_model(source: ModelSource) -> ModelProto:
     _drop_initializer_inputs(model)
     _sort_nodes(model)
     model = _upgrade_opset(model)
+    dequantize_operators(model)  # integer ops -> DequantizeLinear, float op, QuantizeLinear
     _fold_constants(model)
     return _infer_shapes(model)
 
