@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,6 +15,7 @@ from onnxcam.errors import InputError
 from onnxcam.graph.builder import Shape, _static_shapes
 from onnxcam.graph.catalogue import TensorInfo, catalogue, default_layer, find_score
 from onnxcam.graph.load import ModelSource, load_model
+from onnxcam.graph.quantized import is_quantized, saturated_images, saturation_warning
 from onnxcam.graph.rewrite import GRAD_PREFIX, SCORES, SEED, check_tensors, gradient_model, image_input
 from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
 
@@ -54,6 +56,7 @@ class GradientRunner:
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
         # a float64 model takes a float64 seed
         self._seed_dtype = seed_dtype(self.session)
+        self._quantized = is_quantized(self.model)
 
     @cached_property
     def default_layer(self) -> str:
@@ -71,6 +74,10 @@ class GradientRunner:
         activations = dict(zip(self.layers, values[1:1 + count]))
         grads = dict(zip(self.layers, values[1 + count:1 + 2 * count]))
         input_grad = values[-1] if self.input_gradient else None
+        if self._quantized:  # a clipping calibration gives all-zero gradients: say so rather than draw blank maps
+            saturated = saturated_images(activations, grads, seed, scores.ndim == 2)
+            if saturated:
+                warnings.warn(saturation_warning(saturated, self.layers), RuntimeWarning, stacklevel=2)
         return GradientResult(scores, activations, grads, input_grad, explained_classes(seed, scores))
 
     def _seed(self, batch: int, targets: Targets) -> np.ndarray:

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import ModelProto, helper, numpy_helper, shape_inference, version_converter
 
 from onnxcam.errors import ModelError
-from onnxcam.graph.quantized import dequantize_operators
+from onnxcam.graph.quantized import dequantize_operators, infer_across_contrib_quantization
 
 # ScatterElements with reduction="add" (MaxPool's gradient) needs opset 16.
 MIN_OPSET = 16
@@ -133,6 +133,8 @@ def _check_opset(model: ModelProto, name: str) -> None:
 
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+_PACKED = {getattr(onnx.TensorProto, name): per for name, per in
+           (("INT4", 2), ("UINT4", 2), ("FLOAT4E2M1", 2), ("INT2", 4), ("UINT2", 4)) if hasattr(onnx.TensorProto, name)}
 
 
 def _check_initializers(model: ModelProto, name: str) -> None:
@@ -147,13 +149,13 @@ def _check_initializers(model: ModelProto, name: str) -> None:
         except (KeyError, ValueError):
             raise ModelError(f"{name}: initializer '{tensor.name}' has unknown data type {tensor.data_type}; the file "
                              "looks corrupt, re-export it") from None
+        packed = _PACKED.get(tensor.data_type, 1)  # 4-bit and 2-bit values share a byte (or an int32_data entry)
+        if packed > 1:
+            declared = -(-declared // packed) * packed
         if tensor.HasField("raw_data"):
-            bits = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
-            held = len(tensor.raw_data) * 2 if tensor.data_type in bits else len(tensor.raw_data) // max(1, itemsize)
-            if tensor.data_type in bits:
-                declared += declared % 2
+            held = len(tensor.raw_data) * packed if packed > 1 else len(tensor.raw_data) // max(1, itemsize)
         else:
-            held = max(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
+            held = max(len(getattr(tensor, f)) for f in _TYPED_FIELDS) * packed
             if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
                 held //= 2
         if held != declared:
@@ -319,6 +321,6 @@ def _evaluate(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
 
 def _infer_shapes(model: ModelProto) -> ModelProto:
     try:
-        return shape_inference.infer_shapes(model, data_prop=True)
+        return infer_across_contrib_quantization(model, lambda m: shape_inference.infer_shapes(m, data_prop=True))
     except Exception:  # inference is an aid: rules fall back to run-time shapes
         return model

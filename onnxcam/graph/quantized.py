@@ -96,12 +96,13 @@ class _Rewrite:
     def view_name(self, quantized: str) -> str:
         return self.fresh(f"{quantized}_dequantized")
 
-    def dequantized(self, quantized: str, scale: str, zero_point: str | None, axis: int | None = None) -> str:
+    def dequantized(self, quantized: str, scale: str, zero_point: str | None, axis: int | None = None,
+                    name: str | None = None) -> str:
         """The float view of an integer tensor (one DequantizeLinear per tensor and parameters)."""
         key = (quantized, scale, zero_point or "", axis)
         if key not in self.views:
             inputs = [quantized, scale] + ([zero_point] if zero_point else [])
-            self.views[key] = self.emit("DequantizeLinear", inputs, self.view_name(quantized),
+            self.views[key] = self.emit("DequantizeLinear", inputs, name or self.view_name(quantized),
                                         domain=self._qdq_domain(quantized), axis=axis)
             self.types[self.views[key]] = self.elem_type(scale, T.FLOAT)
         return self.views[key]
@@ -127,7 +128,8 @@ class _Rewrite:
 
     def integer_operand(self, quantized: str, zero_point: str | None, axis: int) -> str:
         scale = self.unit_scale(zero_point)
-        return self.dequantized(quantized, scale, zero_point, axis if self.per_axis(scale) else None)
+        return self.dequantized(quantized, scale, zero_point, axis if self.per_axis(scale) else None,
+                                self.fresh(f"{quantized}_minus_zero_point"))
 
     def bias(self, bias: str | None, *scales: str) -> str | None:
         """An int32 bias in units of the product of the scales, as float."""
@@ -225,14 +227,15 @@ def _qlinear_matmul(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 @handles("QGemm")
 def _qgemm(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    """Y = alpha * A' B' + C, with C an int32 bias in units of a_scale * b_scale; Y float without y_scale."""
+    """Y = alpha * (A' B' + C), with C an int32 bias in units of a_scale * b_scale (onnxruntime's kernel scales
+    the bias by alpha too); Y float without y_scale."""
     a, as_, azp, b, bs, bzp, c, ys, yzp = (_input(node, i) for i in range(9))
     assert a and as_ and b and bs
     attrs = attributes(node)
     axis = 0 if attrs.get("transB", 0) else 1  # per output column
     left = rw.dequantized(a, as_, azp)
     right = rw.dequantized(b, bs, bzp, axis if rw.per_axis(bs) else None)
-    _float_op(rw, node, "Gemm", [left, right, rw.bias(c, as_, bs)], ys, yzp, **attrs)
+    _float_op(rw, node, "Gemm", [left, right, rw.bias(c, as_, bs)], ys, yzp, beta=attrs.get("alpha", 1.0), **attrs)
     return True
 
 
@@ -407,3 +410,69 @@ def dequantize_operators(model: onnx.ModelProto) -> bool:
     for value in stale:
         graph.value_info.remove(value)
     return True
+
+
+# --- saturation ------------------------------------------------------------------------------------------------
+def is_quantized(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node)
+
+
+def saturated_images(activations: dict[str, np.ndarray], gradients: dict[str, np.ndarray], seed: np.ndarray,
+                     class_scores: bool) -> list[int]:
+    """Images where, at every layer, no element has both an activation and a gradient, although a score was asked
+    for: in a quantised model, every path from the active features to the score crosses a QuantizeLinear that
+    clips (its calibrated range is too narrow for these images), the straight-through gradient is exactly zero
+    there, and gradient maps are all zero."""
+    if not gradients:
+        return []
+    asked = np.ones(len(seed), bool) if class_scores else np.abs(seed.reshape(len(seed), -1)).max(axis=1) > 0
+    flat = np.ones(len(seed), bool)
+    for name, grad in gradients.items():
+        carried = (np.asarray(grad) != 0) & (np.asarray(activations[name]) != 0)
+        flat &= ~carried.reshape(len(seed), -1).any(axis=1)
+    return [int(i) for i in np.flatnonzero(flat & asked)]
+
+
+def saturation_warning(images: list[int], layers: list[str]) -> str:
+    shown = ", ".join(str(i) for i in images[:8]) + (", ..." if len(images) > 8 else "")
+    return (f"image(s) {shown}: the gradient at {', '.join(repr(n) for n in layers)} is zero wherever the "
+            "features are active because the quantised model saturates (a QuantizeLinear clips every path to the "
+            "score: its calibration range is too narrow for these images), so gradient maps are all zero; "
+            "recalibrate with images like these, or use a gradient-free method (eigencam, scorecam, ablationcam)")
+
+
+# --- shape inference ---------------------------------------------------------------------------------------------
+def infer_across_contrib_quantization(model: onnx.ModelProto,
+                                      infer: Callable[[onnx.ModelProto], onnx.ModelProto]) -> onnx.ModelProto:
+    """`infer(model)` (onnx shape inference), also past onnxruntime's com.microsoft QuantizeLinear and
+    DequantizeLinear (int4 and int16 before opset 21), which onnx does not know: shapes are inferred on a copy
+    where they are Identity, then their outputs get their real element types back."""
+    contrib = [n for n in model.graph.node
+               if n.domain == "com.microsoft" and n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not contrib:
+        return infer(model)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
+    proxy = onnx.ModelProto()
+    proxy.CopyFrom(model)
+    real_types: dict[str, int] = {}
+    for node in proxy.graph.node:
+        if node.domain == "com.microsoft" and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            if node.op_type == "QuantizeLinear":
+                zero_point = _input(node, 2)
+                real_types[node.output[0]] = types.get(zero_point, T.UINT8) if zero_point else T.UINT8
+            else:
+                real_types[node.output[0]] = types.get(node.input[1], T.FLOAT)
+            source = node.input[0]
+            del node.input[:], node.attribute[:]
+            node.input.append(source)
+            node.op_type, node.domain = "Identity", ""
+    inferred = infer(proxy)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.value_info[:]
+    for value in inferred.graph.value_info:
+        if value.name in real_types:
+            value.type.tensor_type.elem_type = real_types[value.name]
+        result.graph.value_info.append(value)
+    return result

@@ -6,8 +6,8 @@ The gradient with respect to an integer (or float8) tensor q is float32 and coun
   as the identity, so dq/dx = 1 / scale where x / scale + zero_point lies in [qmin, qmax] of the output type and
   0 outside, where the value saturates. A Quantize -> Dequantize pair therefore passes the gradient unchanged
   where the value is representable and stops it where it clips, as the clipped float model would.
-- DynamicQuantizeLinear chooses its scale so that every value is representable: dq/dx = 1 / scale everywhere
-  (the scale, which depends on the batch's minimum and maximum, is held constant).
+- DynamicQuantizeLinear is the same estimator with the uint8 range and the scale and zero point it chose for the
+  run, held constant (they depend on the batch's minimum and maximum; only those extreme values can saturate).
 
 Scales and zero points are per tensor (a scalar or one element), per axis (a 1-D tensor along `axis`) or per
 block (`block_size`, opset 21: one scale for every block_size elements along `axis`).
@@ -40,7 +40,11 @@ QUANTIZATION_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 
 def _float32(b: Builder, x: str) -> str:
-    return x if b.elem_type(x) == T.FLOAT else b.op("Cast", x, to=T.FLOAT)
+    if b.elem_type(x) == T.FLOAT:
+        return x
+    cast = b.op("Cast", x, to=T.FLOAT)
+    b.set_shape(cast, b.static_shape(x), T.FLOAT)
+    return cast
 
 
 def quantized_type(b: Builder, node: Node) -> int:
@@ -99,39 +103,44 @@ def _repeat_blocks(b: Builder, node: Node, param: str, x: str, block: int) -> st
 @rule("DequantizeLinear", inputs=(0,), domains=QUANTIZATION_DOMAINS)
 def dequantize(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     """y = (q - zero_point) * scale: dy/dq = scale."""
-    q, scale = node.inputs[0], node.inputs[1]
+    scale, y = node.inputs[1], node.outputs[0]  # y has q's shape, and a type every Shape kernel takes (not int4)
     g = grads[0]
     assert g is not None
-    return [b.op("Mul", _float32(b, g), _float32(b, along_axis(b, node, scale, q)))]
+    return [b.op("Mul", _float32(b, g), along_axis(b, node, _float32(b, scale), y))]
 
 
 @rule("QuantizeLinear", inputs=(0,), integer_outputs=True, domains=QUANTIZATION_DOMAINS)
 def quantize(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     """Straight-through: dq/dx = 1 / scale where x / scale + zero_point is inside [qmin, qmax], 0 outside."""
-    x, scale = node.inputs[0], node.inputs[1]
-    g = grads[0]
-    assert g is not None
     qtype = quantized_type(b, node)
     if qtype not in QUANTIZED_RANGES:
         name = onnx.helper.tensor_dtype_to_string(qtype)
         raise GradientError(f"node '{node.name}' (QuantizeLinear) produces {name}, a type with no known range; "
                             "use a gradient-free method (eigencam, scorecam, ablationcam)")
-    qmin, qmax = QUANTIZED_RANGES[qtype]
-    x32 = _float32(b, x)
-    level = b.op("Div", x32, _float32(b, along_axis(b, node, scale, x)))
-    zero_point = node.input(2)
-    if zero_point is not None:
-        level = b.op("Add", level, _float32(b, along_axis(b, node, zero_point, x)))
-    inside = b.op("And", b.op("GreaterOrEqual", level, b.const(np.float32(qmin))),
-                  b.op("LessOrEqual", level, b.const(np.float32(qmax))))
-    step = b.op("Div", _float32(b, g), _float32(b, along_axis(b, node, scale, x)))
-    return [b.cast_like(b.op("Where", inside, step, b.const(np.float32(0.0))), x)]
+    x, scale, zero_point = node.inputs[0], node.inputs[1], node.input(2)
+    scale32 = along_axis(b, node, _float32(b, scale), x)
+    zero32 = along_axis(b, node, _float32(b, zero_point), x) if zero_point is not None else None
+    return [_straight_through(b, grads[0], x, scale32, zero32, QUANTIZED_RANGES[qtype])]
 
 
 @rule("DynamicQuantizeLinear", inputs=(0,), integer_outputs=True)
 def dynamic_quantize(b: Builder, node: Node, grads: list[str | None]) -> Grads:
-    """y = saturate(round(x / scale) + zero_point) with the scale chosen so nothing saturates: dy/dx = 1 / scale."""
-    g = grads[0]
-    if g is None:  # only the scale or zero point carries gradient: the scale is held constant
+    """uint8 with a scale and zero point chosen per run so that the range covers the values; the extreme values
+    can still round just outside it. The scale and zero point are held constant."""
+    if grads[0] is None:  # only the scale or zero point carries gradient
         return [None]
-    return [b.cast_like(b.op("Div", _float32(b, g), node.outputs[1]), node.inputs[0])]
+    zero32 = _float32(b, node.outputs[2])
+    return [_straight_through(b, grads[0], node.inputs[0], node.outputs[1], zero32, QUANTIZED_RANGES[T.UINT8])]
+
+
+def _straight_through(b: Builder, g: str | None, x: str, scale: str, zero_point: str | None,
+                      bounds: tuple[float, float]) -> str:
+    """g / scale where qmin <= x / scale + zero_point <= qmax, else 0, in x's element type."""
+    assert g is not None
+    level = b.op("Div", _float32(b, x), scale)
+    if zero_point is not None:
+        level = b.op("Add", level, zero_point)
+    inside = b.op("And", b.op("GreaterOrEqual", level, b.const(np.float32(bounds[0]))),
+                  b.op("LessOrEqual", level, b.const(np.float32(bounds[1]))))
+    step = b.op("Div", _float32(b, g), scale)
+    return b.cast_like(b.op("Where", inside, step, b.const(np.float32(0.0))), x)
