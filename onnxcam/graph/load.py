@@ -266,8 +266,9 @@ def _ir_version_for(opset: int) -> int:
 # Results of constant-only nodes up to this many elements become initializers: shape arithmetic that exporters
 # emit (Constant, Mod, Slice of constants...) then reaches shape inference and the rules as plain values.
 _FOLD_LIMIT = 1 << 16
+# DequantizeLinear of int8 weights stays: onnxruntime fuses it into its integer kernels (graph/quantized.py).
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial",
-               "If", "Loop", "Scan"}
+               "If", "Loop", "Scan", "DequantizeLinear"}
 
 
 def _fold_constants(model: ModelProto) -> None:

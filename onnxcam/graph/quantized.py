@@ -28,8 +28,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 T = onnx.TensorProto
-# Element types QuantizeLinear / DequantizeLinear take in the default domain before opset 21.
-_EIGHT_BIT = {T.UINT8, T.INT8}
+# Element types QuantizeLinear / DequantizeLinear take in the default domain before opset 21 (int32: biases).
+_DEFAULT_DOMAIN_TYPES = {T.UINT8, T.INT8, T.INT32}
 # Ops that move or select integer values without arithmetic (the quantizer leaves them on integer tensors).
 _VALUE_PRESERVING = {"MaxPool", "GlobalMaxPool", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
                      "Identity", "Resize", "Slice", "DepthToSpace", "SpaceToDepth", "Split", "Gather", "Expand",
@@ -90,7 +90,7 @@ class _Rewrite:
 
     def _qdq_domain(self, quantized: str) -> str:
         """Default-domain Q/DQ take 16-bit, 4-bit and float8 types from opset 21; onnxruntime's own before."""
-        return "" if self.opset >= 21 or self.elem_type(quantized) in _EIGHT_BIT else "com.microsoft"
+        return "" if self.opset >= 21 or self.elem_type(quantized) in _DEFAULT_DOMAIN_TYPES else "com.microsoft"
 
     # --- quantisation --------------------------------------------------------------------------------------------
     def view_name(self, quantized: str) -> str:
@@ -131,15 +131,13 @@ class _Rewrite:
         return self.dequantized(quantized, scale, zero_point, axis if self.per_axis(scale) else None,
                                 self.fresh(f"{quantized}_minus_zero_point"))
 
-    def bias(self, bias: str | None, *scales: str) -> str | None:
-        """An int32 bias in units of the product of the scales, as float."""
+    def bias(self, bias: str | None, input_scale: str, weight_scale: str) -> str | None:
+        """An int32 bias in units of input_scale * weight_scale (per output channel where the weights are), as
+        DequantizeLinear: the pattern QDQ models have, which onnxruntime fuses into its integer kernels."""
         if not bias:
             return None
-        product = scales[0]
-        for scale in scales[1:]:
-            product = self.emit("Mul", [product, scale], hint=f"{bias}_scale")
-        return self.emit("Mul", [self.emit("Cast", [bias], hint=f"{bias}_float", to=T.FLOAT), product],
-                         hint=f"{bias}_dequantized")
+        scale = self.emit("Mul", [input_scale, weight_scale], hint=f"{bias}_scale")
+        return self.dequantized(bias, scale, None, 0 if self.per_axis(weight_scale) else None)
 
     def float_output(self, value: str, output: str) -> None:
         """An integer op's int32 result computed in float: it takes the output's name when only Casts read it
@@ -401,15 +399,61 @@ def dequantize_operators(model: onnx.ModelProto) -> bool:
             rw.nodes.append(node)
             _record_params(rw, node)
         changed = changed or done
-    if not changed:
-        return False
-    del graph.node[:]
-    graph.node.extend(rw.nodes)
-    graph.initializer.extend(rw.initializers)
-    stale = [v for v in graph.value_info if v.name in rw.retyped]
-    for value in stale:
-        graph.value_info.remove(value)
-    return True
+    if changed:
+        del graph.node[:]
+        graph.node.extend(rw.nodes)
+        graph.initializer.extend(rw.initializers)
+        stale = [v for v in graph.value_info if v.name in rw.retyped]
+        for value in stale:
+            graph.value_info.remove(value)
+    return changed
+
+
+# --- quantised weights -------------------------------------------------------------------------------------------
+# Weights stay DequantizeLinear(int8 initializer) nodes (onnxruntime fuses them into its integer kernels, so the
+# forward pass is the deployed one); code that needs a weight's value reads it through these helpers.
+def dequantized_constant(graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto],
+                         name: str) -> np.ndarray | None:
+    """The value of `name` when a DequantizeLinear of initializers makes it (a quantised weight), else None."""
+    node = next((n for n in graph.node if n.output and n.output[0] == name), None)
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    inputs = [i for i in node.input if i]
+    if not all(i in initializers for i in inputs):
+        return None
+    q, scale, *zero_point = (numpy_helper.to_array(initializers[i]) for i in inputs)
+    return dequantize_array(node, q, scale, zero_point[0] if zero_point else None)
+
+
+def constant_array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    """An initializer's value, or a quantised weight's dequantised value; None for computed tensors."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    return dequantized_constant(model.graph, initializers, name)
+
+
+def dequantize_array(node: onnx.NodeProto, q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None
+                     ) -> np.ndarray:
+    """(q - zero_point) * scale as DequantizeLinear `node` computes it (per tensor, axis or block)."""
+    levels = q.astype(np.float64)
+    if zero_point is not None:
+        levels = levels - _spread(node, zero_point.astype(np.float64), q.shape)
+    return (levels * _spread(node, scale.astype(np.float64), q.shape)).astype(scale.dtype)
+
+
+def _spread(node: onnx.NodeProto, param: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A scale or zero point broadcastable against a tensor of `shape`."""
+    if param.size == 1:
+        return param.reshape(())
+    attrs = attributes(node)
+    axis = int(attrs.get("axis", 1)) % len(shape)
+    block = int(attrs.get("block_size", 0))
+    if block:
+        return np.repeat(param, block, axis=axis).take(range(shape[axis]), axis=axis)
+    view = [1] * len(shape)
+    view[axis] = -1
+    return param.reshape(view)
 
 
 # --- saturation ------------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ def layer_biases(model: onnx.ModelProto, score: str) -> dict[str, np.ndarray]:
     (its effective bias) that `score` depends on; the explainer differentiates the score w.r.t. these outputs."""
     from onnxcam.graph.autodiff import ancestors
     from onnxcam.graph.builder import _static_shapes
+    from onnxcam.graph.quantized import constant_array
 
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
@@ -62,8 +63,9 @@ def layer_biases(model: onnx.ModelProto, score: str) -> dict[str, np.ndarray]:
         name = node.output[0]
         if name not in needed or name == score or len(shapes.get(name) or ()) != 4:
             continue
-        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in weights:
-            out[name] = numpy_helper.to_array(weights[node.input[2]]).astype(np.float64)
+        bias = constant_array(model, node.input[2]) if node.op_type == "Conv" and len(node.input) > 2 else None
+        if bias is not None:  # a float or a quantised (DequantizeLinear of int32) constant bias
+            out[name] = bias.astype(np.float64)
         elif node.op_type == "BatchNormalization" and all(n in weights for n in node.input[1:5]):
             scale, bias, mean, var = (numpy_helper.to_array(weights[n]).astype(np.float64) for n in node.input[1:5])
             eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)

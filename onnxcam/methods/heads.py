@@ -6,7 +6,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-_RESHAPES = {"Flatten", "Reshape", "Squeeze", "Identity"}
+from onnxcam.graph.quantized import constant_array
+
+# Ops between the pooled features and the linear layer that keep their values (an int8 model's up to rounding).
+_RESHAPES = {"Flatten", "Reshape", "Squeeze", "Identity", "QuantizeLinear", "DequantizeLinear"}
 
 
 def linear_head_weights(model: onnx.ModelProto, layer: str, score: str) -> np.ndarray | None:
@@ -28,9 +31,10 @@ def linear_head_weights(model: onnx.ModelProto, layer: str, score: str) -> np.nd
         if node.op_type in _RESHAPES:
             current = node.output[0]
             continue
-        if node.op_type not in ("Gemm", "MatMul") or node.input[1] not in weights:
+        value = constant_array(model, node.input[1]) if node.op_type in ("Gemm", "MatMul") else None
+        if value is None:  # not a linear layer with constant (float or quantised) weights
             return None
-        matrix = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
+        matrix = value.astype(np.float64)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Gemm":
             matrix = matrix * attrs.get("alpha", 1.0)
