@@ -11,8 +11,9 @@ points. Then:
   float op, straight-through at QuantizeLinear.
 The integer outputs keep their names and types (except ConvInteger / MatMulInteger whose int32 results only feed
 Casts: they become float, the same values), so nodes left alone still read what they read before. The rewritten
-graph computes what the integer kernels compute up to their rounding of the requantisation (fixed point instead
-of float), at most one quantisation step on a few values.
+graph computes what the integer kernels compute (bit for bit on the tests' networks without graph optimisation;
+with it, onnxruntime fuses the DequantizeLinear -> op -> QuantizeLinear patterns back into the same integer
+kernels, and the shipped pairs' outputs are identical to the original files').
 
 Integer ops with no float equivalent here (QAttention, DynamicQuantizeLSTM, MatMulNBits, ...) stay as they are;
 the reverse walker names them when a gradient must cross one, and gradient-free methods still work.
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from onnxcam.errors import ModelError
 
 T = onnx.TensorProto
 # Element types QuantizeLinear / DequantizeLinear take in the default domain before opset 21 (int32: biases).
@@ -59,6 +62,7 @@ class _Rewrite:
         self.views: dict[tuple[str, str, str, int | None], str] = {}
         self.params: dict[str, tuple[str, str]] = {}   # integer tensor -> (scale, zero point), per tensor only
         self.retyped: set[str] = set()                  # outputs whose element type changed (stale value_info)
+        self.unit_scales: dict[tuple[int, ...], str] = {}
 
     # --- names and emission --------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -93,16 +97,13 @@ class _Rewrite:
         return "" if self.opset >= 21 or self.elem_type(quantized) in _DEFAULT_DOMAIN_TYPES else "com.microsoft"
 
     # --- quantisation --------------------------------------------------------------------------------------------
-    def view_name(self, quantized: str) -> str:
-        return self.fresh(f"{quantized}_dequantized")
-
     def dequantized(self, quantized: str, scale: str, zero_point: str | None, axis: int | None = None,
-                    name: str | None = None) -> str:
-        """The float view of an integer tensor (one DequantizeLinear per tensor and parameters)."""
+                    suffix: str = "_dequantized") -> str:
+        """The float view of an integer tensor, `<name><suffix>` (one DequantizeLinear per tensor and parameters)."""
         key = (quantized, scale, zero_point or "", axis)
         if key not in self.views:
             inputs = [quantized, scale] + ([zero_point] if zero_point else [])
-            self.views[key] = self.emit("DequantizeLinear", inputs, name or self.view_name(quantized),
+            self.views[key] = self.emit("DequantizeLinear", inputs, self.fresh(quantized + suffix),
                                         domain=self._qdq_domain(quantized), axis=axis)
             self.types[self.views[key]] = self.elem_type(scale, T.FLOAT)
         return self.views[key]
@@ -124,12 +125,15 @@ class _Rewrite:
         """Scale 1 shaped like `zero_point`: DequantizeLinear(q, 1, zp) = q - zp, the integer op's own operand."""
         tensor = self.constants.get(zero_point or "")
         shape = tuple(tensor.dims) if tensor is not None else ()
-        return self.const(np.ones(shape, np.float32), "onnxcam_dq/unit_scale")
+        if shape not in self.unit_scales:
+            self.unit_scales[shape] = self.const(np.ones(shape, np.float32), "onnxcam_dq/unit_scale")
+        return self.unit_scales[shape]
 
     def integer_operand(self, quantized: str, zero_point: str | None, axis: int) -> str:
+        """q - zero_point in float (ConvInteger's and MatMulInteger's operands, exact)."""
         scale = self.unit_scale(zero_point)
         return self.dequantized(quantized, scale, zero_point, axis if self.per_axis(scale) else None,
-                                self.fresh(f"{quantized}_minus_zero_point"))
+                                "_minus_zero_point")
 
     def bias(self, bias: str | None, input_scale: str, weight_scale: str) -> str | None:
         """An int32 bias in units of input_scale * weight_scale (per output channel where the weights are), as
@@ -140,10 +144,11 @@ class _Rewrite:
         return self.dequantized(bias, scale, None, 0 if self.per_axis(weight_scale) else None)
 
     def float_output(self, value: str, output: str) -> None:
-        """An integer op's int32 result computed in float: it takes the output's name when only Casts read it
-        (they accept float), else it is cast back to int32."""
+        """An integer op's int32 result computed in float (by the node just emitted): it takes the output's name
+        when only Casts read it (they accept float), else it is cast back to int32."""
         consumers = self.consumers.get(output, [])
-        if output not in self.outputs and all(c.op_type == "Cast" for c in consumers):
+        if output not in self.outputs and all(c.op_type == "Cast" for c in consumers) \
+                and self.nodes[-1].output[0] == value:
             self.nodes[-1].output[0] = output
             self.names.add(output)
             self.retyped.add(output)
@@ -158,6 +163,16 @@ def attributes(node: onnx.NodeProto, drop: tuple[str, ...] = ()) -> dict[str, An
 
 def _input(node: onnx.NodeProto, index: int) -> str | None:
     return node.input[index] if index < len(node.input) and node.input[index] else None
+
+
+def _args(node: onnx.NodeProto, count: int, required: tuple[int, ...]) -> list[str]:
+    """The node's first `count` inputs, "" for an omitted optional one; a missing required one is an error."""
+    args = [_input(node, i) or "" for i in range(count)]
+    missing = [i for i in required if not args[i]]
+    if missing:
+        raise ModelError(f"node '{node.name}' ({node.op_type}) lacks its required input {missing[0]}; the model is "
+                         "invalid: re-export or re-quantize it")
+    return args
 
 
 Handler = Callable[[_Rewrite, onnx.NodeProto], bool]
@@ -202,8 +217,7 @@ def _float_op(rw: _Rewrite, node: onnx.NodeProto, op_type: str, inputs: list[str
 
 @handles("QLinearConv")
 def _qlinear_conv(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    x, xs, xzp, w, ws, wzp, ys, yzp = (_input(node, i) for i in range(8))
-    assert x and xs and w and ws and ys
+    x, xs, xzp, w, ws, wzp, ys, yzp = _args(node, 8, (0, 1, 2, 3, 4, 5, 6, 7))
     rank = len(rw.constants[w].dims) if w in rw.constants else 4
     weights = rw.dequantized(w, ws, wzp, 0 if rw.per_axis(ws) else None)
     bias = rw.bias(_input(node, 8), xs, ws)
@@ -215,8 +229,7 @@ def _qlinear_conv(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 @handles("QLinearMatMul")
 def _qlinear_matmul(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    a, as_, azp, b, bs, bzp, ys, yzp = (_input(node, i) for i in range(8))
-    assert a and as_ and b and bs and ys
+    a, as_, azp, b, bs, bzp, ys, yzp = _args(node, 8, (0, 1, 2, 3, 4, 5, 6, 7))
     left = rw.dequantized(a, as_, azp, -2 if rw.per_axis(as_) else None)   # per row
     right = rw.dequantized(b, bs, bzp, -1 if rw.per_axis(bs) else None)    # per column
     _float_op(rw, node, "MatMul", [left, right], ys, yzp)
@@ -227,8 +240,7 @@ def _qlinear_matmul(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 def _qgemm(rw: _Rewrite, node: onnx.NodeProto) -> bool:
     """Y = alpha * (A' B' + C), with C an int32 bias in units of a_scale * b_scale (onnxruntime's kernel scales
     the bias by alpha too); Y float without y_scale."""
-    a, as_, azp, b, bs, bzp, c, ys, yzp = (_input(node, i) for i in range(9))
-    assert a and as_ and b and bs
+    a, as_, azp, b, bs, bzp, c, ys, yzp = _args(node, 9, (0, 1, 2, 3, 4, 5))
     attrs = attributes(node)
     axis = 0 if attrs.get("transB", 0) else 1  # per output column
     left = rw.dequantized(a, as_, azp)
@@ -239,8 +251,7 @@ def _qgemm(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 @handles("QLinearAdd", "QLinearMul")
 def _qlinear_binary(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    a, as_, azp, b, bs, bzp, cs, czp = (_input(node, i) for i in range(8))
-    assert a and as_ and b and bs and cs
+    a, as_, azp, b, bs, bzp, cs, czp = _args(node, 8, (0, 1, 3, 4, 6))
     op_type = node.op_type.removeprefix("QLinear")
     _float_op(rw, node, op_type, [rw.dequantized(a, as_, azp), rw.dequantized(b, bs, bzp)], cs, czp)
     return True
@@ -254,8 +265,7 @@ _UNARY = {"QLinearGlobalAveragePool": "GlobalAveragePool", "QLinearAveragePool":
 
 @handles(*_UNARY)
 def _qlinear_unary(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    x, xs, xzp, ys, yzp = (_input(node, i) for i in range(5))
-    assert x and xs and ys
+    x, xs, xzp, ys, yzp = _args(node, 5, (0, 1, 3))
     attrs = attributes(node, ("channels_last", "opset"))
     if node.op_type == "QLinearSoftmax" and attributes(node).get("opset", 13) < 13:
         return False  # softmax over flattened trailing axes: not rewritten
@@ -271,21 +281,15 @@ def _qlinear_unary(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 @handles("QLinearConcat")
 def _qlinear_concat(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    ys, yzp = _input(node, 0), _input(node, 1)
-    assert ys
-    parts = []
-    for i in range(2, len(node.input), 3):
-        x, xs, xzp = _input(node, i), _input(node, i + 1), _input(node, i + 2)
-        assert x and xs
-        parts.append(rw.dequantized(x, xs, xzp))
-    _float_op(rw, node, "Concat", list(parts), ys, yzp, **attributes(node))
+    args = _args(node, len(node.input), tuple(range(len(node.input))))  # Y_scale, Y_zero_point, (X, scale, zp)...
+    parts = [rw.dequantized(args[i], args[i + 1], args[i + 2]) for i in range(2, len(args) - 2, 3)]
+    _float_op(rw, node, "Concat", list(parts), args[0], args[1], **attributes(node))
     return True
 
 
 @handles("QLinearWhere")
 def _qlinear_where(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    condition, x, xs, xzp, y, ys, yzp, zs, zzp = (_input(node, i) for i in range(9))
-    assert condition and x and xs and y and ys and zs
+    condition, x, xs, xzp, y, ys, yzp, zs, zzp = _args(node, 9, (0, 1, 2, 3, 4, 5, 6, 7, 8))
     _float_op(rw, node, "Where", [condition, rw.dequantized(x, xs, xzp), rw.dequantized(y, ys, yzp)], zs, zzp)
     return True
 
@@ -293,8 +297,7 @@ def _qlinear_where(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 @handles("ConvInteger")
 def _conv_integer(rw: _Rewrite, node: onnx.NodeProto) -> bool:
     """(x - x_zero_point) conv (w - w_zero_point) in float: int32-exact while the sums stay below 2^24."""
-    x, w, xzp, wzp = (_input(node, i) for i in range(4))
-    assert x and w
+    x, w, xzp, wzp = _args(node, 4, (0, 1))
     value = rw.emit("Conv", [rw.integer_operand(x, xzp, 1), rw.integer_operand(w, wzp, 0)],
                     hint=f"{node.output[0]}_float", **attributes(node))
     rw.float_output(value, node.output[0])
@@ -303,8 +306,7 @@ def _conv_integer(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 @handles("MatMulInteger")
 def _matmul_integer(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    a, b, azp, bzp = (_input(node, i) for i in range(4))
-    assert a and b
+    a, b, azp, bzp = _args(node, 4, (0, 1))
     value = rw.emit("MatMul", [rw.integer_operand(a, azp, -2), rw.integer_operand(b, bzp, -1)],
                     hint=f"{node.output[0]}_float")
     rw.float_output(value, node.output[0])
@@ -313,8 +315,7 @@ def _matmul_integer(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 @handles("MatMulIntegerToFloat")
 def _matmul_integer_to_float(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    a, b, as_, bs, azp, bzp, bias = (_input(node, i) for i in range(7))
-    assert a and b and as_ and bs
+    a, b, as_, bs, azp, bzp, bias = _args(node, 7, (0, 1, 2, 3))
     left = rw.dequantized(a, as_, azp, -2 if rw.per_axis(as_) else None)
     right = rw.dequantized(b, bs, bzp, -1 if rw.per_axis(bs) else None)
     if bias:
@@ -328,8 +329,7 @@ def _matmul_integer_to_float(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 @handles("DynamicQuantizeMatMul")
 def _dynamic_quantize_matmul(rw: _Rewrite, node: onnx.NodeProto) -> bool:
     """A is quantised to uint8 per call: DynamicQuantizeLinear, its float view, then a float MatMul."""
-    a, b, bs, bzp, bias = (_input(node, i) for i in range(5))
-    assert a and b and bs
+    a, b, bs, bzp, bias = _args(node, 5, (0, 1, 2))
     q, scale, zero_point = (rw.fresh(f"{a}{suffix}") for suffix in ("_quantized", "_scale", "_zero_point"))
     rw.nodes.append(helper.make_node("DynamicQuantizeLinear", [a], [q, scale, zero_point],
                                      name=rw.fresh(f"onnxcam_dq/{q}")))
