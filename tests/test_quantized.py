@@ -14,7 +14,6 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -66,9 +65,9 @@ def _along(node: onnx.NodeProto, param: np.ndarray, shape: tuple[int, ...]) -> n
 
 def _rounded(level: np.ndarray, qtype: int) -> np.ndarray:
     """What the quantiser stores for `level` before saturation: round half to even, or the float8 value."""
-    float8 = {TensorProto.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn, TensorProto.FLOAT8E5M2: ml_dtypes.float8_e5m2}
-    if qtype in float8:
-        return level.astype(np.float32).astype(float8[qtype]).astype(np.float64)
+    if qtype in (TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2):
+        float8 = helper.tensor_dtype_to_np_dtype(qtype)  # ml_dtypes' float8 types: round to nearest even
+        return level.astype(np.float32).astype(float8).astype(np.float64)
     return np.round(level)
 
 
