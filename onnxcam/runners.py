@@ -3,6 +3,7 @@ the gradients (or LRP relevance) at chosen layers from one onnxruntime run."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,6 +18,7 @@ from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.reverse.model import PREFIXES, SCORES, SEED, check_tensors, image_input, reverse_model
 from onnxcam.graph.reverse.relevance import LrpOptions
 from onnxcam.graph.topo import Shape, static_shapes
+from onnxcam.graph.quantized import is_quantized, saturated_images, saturation_warning
 from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
 
 Targets = None | int | Sequence[int] | np.ndarray | Sequence[Any]  # Any: onnxcam.targets objects
@@ -85,6 +87,7 @@ class ReverseRunner:
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
         # a float64 model takes a float64 seed
         self._seed_dtype = seed_dtype(self.session)
+        self._quantized = is_quantized(self.model)
 
     @cached_property
     def default_layer(self) -> str:
@@ -103,6 +106,10 @@ class ReverseRunner:
         activations = dict(zip(self.layers, values[1:1 + count]))
         carried = dict(zip(self.layers, values[1 + count:1 + 2 * count]))
         at_input = values[-1] if self.with_input else None
+        if self._quantized and self.kind == "gradient":  # a clipping calibration gives all-zero gradients: say so
+            saturated = saturated_images(activations, carried, seed, scores.ndim == 2)
+            if saturated:
+                warnings.warn(saturation_warning(saturated, self.layers), RuntimeWarning, stacklevel=2)
         return ReverseResult(scores, activations, carried, at_input, explained_classes(seed, scores), self.kind)
 
 def class_seed(targets: Targets, batch: int, score_shape: Shape | None, output: str) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcam.graph.quantized import dequantized_constant
 from onnxcam.graph.topo import Shape, elem_types, static_shapes
 
 # Ops whose `axes` moved from an attribute to an input, and the opset where that happened.
@@ -79,8 +80,11 @@ class Builder:
         return None if shape is None else len(shape)
 
     def constant_value(self, name: str) -> np.ndarray | None:
+        """An initializer's value, or a quantised weight's (DequantizeLinear of initializers); None otherwise."""
         tensor = self.initializers.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
+        if tensor is None:
+            return dequantized_constant(self.graph, self.initializers, name)
+        return numpy_helper.to_array(tensor)
 
     def elem_type(self, name: str) -> int:
         return self._types.get(name, onnx.TensorProto.FLOAT)

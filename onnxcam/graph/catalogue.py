@@ -53,11 +53,13 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
         is_float = types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
         # Inputs keep their layout whatever their dtype: uint8 images are images too.
         image_hint = layout_hint if layout_hint in ("NCHW", "NHWC") else None
-        layout = _layout(shape, image_hint) if is_float or not op_type else None
+        grid = _layout(shape, image_hint)
+        layout = grid if is_float or not op_type else None
         if layout is None and is_float and op_type and shape is not None:
             # transformers: token tensors (B x T x C, B x C x T) and Swin's channels-last grids
             layout = _token_layout(shape, layout_hint, next((i for i in infos if i.layout and not i.op_type), None))
-        layouts[name] = layout
+        # a quantised (integer) feature map is no layer, but passes its layout on to its DequantizeLinear
+        layouts[name] = layout if layout is not None else grid
         infos.append(TensorInfo(name, op_type, node_name, shape, is_float, layout))
 
     weights = {t.name for t in graph.initializer}
@@ -139,7 +141,9 @@ def find_score(model: onnx.ModelProto, output: str | None = None, probabilities:
 
     Picks `output` or the first float graph output of rank 2 (else the first float output). When that output is
     a Softmax/Sigmoid/LogSoftmax, possibly followed by reshapes, returns the normaliser's input (the logits)
-    unless `probabilities` is set. The logits may then still need a reshape to the output's shape.
+    unless `probabilities` is set. The logits may then still need a reshape to the output's shape. A quantised
+    model's output quantisation (QuantizeLinear -> DequantizeLinear, before or after the normaliser) is stepped
+    over the same way: the score is the float value before it.
     """
     graph = model.graph
     shapes, types = static_shapes(graph), elem_types(graph)
@@ -157,12 +161,28 @@ def find_score(model: onnx.ModelProto, output: str | None = None, probabilities:
     if probabilities:
         return chosen, chosen
     producer = {out: node for node in graph.node for out in node.output}
-    name = chosen
+    name = _before_output_quantization(chosen, producer)
     while name in producer and producer[name].op_type in _PASS_THROUGH:
         name = producer[name].input[0]
     if name in producer and producer[name].op_type in NORMALISERS:
-        return producer[name].input[0], chosen
-    return chosen, chosen
+        return _before_output_quantization(producer[name].input[0], producer), chosen
+    return name if name != chosen and _quantized_output(chosen, producer) else chosen, chosen
+
+
+def _quantized_output(name: str, producer: dict[str, onnx.NodeProto]) -> bool:
+    node = producer.get(name)
+    if node is None or node.op_type != "DequantizeLinear":
+        return False
+    before = producer.get(node.input[0])
+    return before is not None and before.op_type == "QuantizeLinear"
+
+
+def _before_output_quantization(name: str, producer: dict[str, onnx.NodeProto]) -> str:
+    """The float tensor before a final QuantizeLinear -> DequantizeLinear pair: int8 models quantise their
+    logits too, and a logit above the calibrated range would otherwise have no gradient at all."""
+    if not _quantized_output(name, producer):
+        return name
+    return producer[producer[name].input[0]].input[0]
 
 
 def default_layer(model: onnx.ModelProto, score: str, infos: list[TensorInfo] | None = None) -> str:

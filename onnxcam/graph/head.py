@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcam.graph.quantized import constant_array
 from onnxcam.graph.reverse.model import check_tensors
 from onnxcam.graph.topo import ancestors, elem_types, static_shapes
 
@@ -127,7 +128,8 @@ def _reduce_axes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | No
 
 
 # --- weights read from the head (CAM) and the layers' biases (FullGrad) -------------------------------------
-_RESHAPES = {"Flatten", "Reshape", "Squeeze", "Identity"}
+# Ops between the pooled features and the linear layer that keep their values (an int8 model's up to rounding).
+_RESHAPES = {"Flatten", "Reshape", "Squeeze", "Identity", "QuantizeLinear", "DequantizeLinear"}
 
 
 def linear_head_weights(model: onnx.ModelProto, layer: str, score: str) -> np.ndarray | None:
@@ -149,9 +151,10 @@ def linear_head_weights(model: onnx.ModelProto, layer: str, score: str) -> np.nd
         if node.op_type in _RESHAPES:
             current = node.output[0]
             continue
-        if node.op_type not in ("Gemm", "MatMul") or node.input[1] not in weights:
+        value = constant_array(model, node.input[1]) if node.op_type in ("Gemm", "MatMul") else None
+        if value is None:  # not a linear layer with constant (float or quantised) weights
             return None
-        matrix = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
+        matrix = value.astype(np.float64)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Gemm":
             matrix = matrix * attrs.get("alpha", 1.0)
@@ -188,8 +191,9 @@ def biased_outputs(model: onnx.ModelProto, score: str) -> dict[str, np.ndarray]:
         name = node.output[0]
         if name not in needed or name == score or len(shapes.get(name) or ()) != 4:
             continue
-        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in weights:
-            out[name] = numpy_helper.to_array(weights[node.input[2]]).astype(np.float64)
+        bias = constant_array(model, node.input[2]) if node.op_type == "Conv" and len(node.input) > 2 else None
+        if bias is not None:  # a float or a quantised (DequantizeLinear of int32) constant bias
+            out[name] = bias.astype(np.float64)
         elif node.op_type == "BatchNormalization" and all(n in weights for n in node.input[1:5]):
             scale, bias, mean, var = (numpy_helper.to_array(weights[n]).astype(np.float64) for n in node.input[1:5])
             eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)

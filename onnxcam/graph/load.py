@@ -1,8 +1,9 @@
 """Load and normalise ONNX models without touching the user's file.
 
 After `load_model` a model has all weights in memory, no initializers listed as graph inputs, a default-domain
-opset of at least MIN_OPSET (older models go through onnx's version converter), topologically sorted nodes and
-inferred shapes.
+opset of at least MIN_OPSET (older models go through onnx's version converter), topologically sorted nodes,
+integer (QOperator) ops rewritten as float ops between DequantizeLinear and QuantizeLinear (graph/quantized.py)
+and inferred shapes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import ModelProto, helper, numpy_helper, shape_inference, version_converter
 
 from onnxcam.errors import ModelError
+from onnxcam.graph.quantized import dequantize_operators, infer_across_contrib_quantization
 
 # ScatterElements with reduction="add" (MaxPool's gradient) needs opset 16.
 MIN_OPSET = 16
@@ -37,6 +39,7 @@ def load_model(source: ModelSource) -> ModelProto:
     _drop_initializer_inputs(model)
     _sort_nodes(model)
     model = _upgrade_opset(model)
+    dequantize_operators(model)  # integer ops -> DequantizeLinear, float op, QuantizeLinear
     _fold_constants(model)
     return _infer_shapes(model)
 
@@ -130,6 +133,8 @@ def _check_opset(model: ModelProto, name: str) -> None:
 
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+_PACKED = {getattr(onnx.TensorProto, name): per for name, per in
+           (("INT4", 2), ("UINT4", 2), ("FLOAT4E2M1", 2), ("INT2", 4), ("UINT2", 4)) if hasattr(onnx.TensorProto, name)}
 
 
 def _check_initializers(model: ModelProto, name: str) -> None:
@@ -144,13 +149,13 @@ def _check_initializers(model: ModelProto, name: str) -> None:
         except (KeyError, ValueError):
             raise ModelError(f"{name}: initializer '{tensor.name}' has unknown data type {tensor.data_type}; the file "
                              "looks corrupt, re-export it") from None
+        packed = _PACKED.get(tensor.data_type, 1)  # 4-bit and 2-bit values share a byte (or an int32_data entry)
+        if packed > 1:
+            declared = -(-declared // packed) * packed
         if tensor.HasField("raw_data"):
-            bits = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
-            held = len(tensor.raw_data) * 2 if tensor.data_type in bits else len(tensor.raw_data) // max(1, itemsize)
-            if tensor.data_type in bits:
-                declared += declared % 2
+            held = len(tensor.raw_data) * packed if packed > 1 else len(tensor.raw_data) // max(1, itemsize)
         else:
-            held = max(len(getattr(tensor, f)) for f in _TYPED_FIELDS)
+            held = max(len(getattr(tensor, f)) for f in _TYPED_FIELDS) * packed
             if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
                 held //= 2
         if held != declared:
@@ -261,8 +266,9 @@ def _ir_version_for(opset: int) -> int:
 # Results of constant-only nodes up to this many elements become initializers: shape arithmetic that exporters
 # emit (Constant, Mod, Slice of constants...) then reaches shape inference and the rules as plain values.
 _FOLD_LIMIT = 1 << 16
+# DequantizeLinear of int8 weights stays: onnxruntime fuses it into its integer kernels (graph/quantized.py).
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial",
-               "If", "Loop", "Scan"}
+               "If", "Loop", "Scan", "DequantizeLinear"}
 
 
 def _fold_constants(model: ModelProto) -> None:
@@ -348,7 +354,7 @@ def _infer_shapes(model: ModelProto) -> ModelProto:
     declared = list(model.graph.value_info)
     del model.graph.value_info[:]
     try:
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
+        inferred = infer_across_contrib_quantization(model, lambda m: shape_inference.infer_shapes(m, data_prop=True))
     except Exception:  # inference is an aid: rules fall back to run-time shapes
         model.graph.value_info.extend(declared)
         return model

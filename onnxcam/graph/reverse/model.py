@@ -25,6 +25,7 @@ from onnxcam.graph.load import default_opset
 from onnxcam.graph.reverse.relevance import LrpOptions, rule_table
 from onnxcam.graph.reverse.walker import backward
 from onnxcam.graph.topo import elem_types, static_shapes
+from onnxcam.graph.precision import promote_to_float32, reverse_type
 
 SEED = "onnxcam_seed"
 SCORES = "onnxcam_scores"
@@ -157,11 +158,13 @@ def finish_outputs(b: Builder, rewritten: onnx.ModelProto, scores: str, chosen: 
                    for n in computed)
     b.nodes.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
     nodes, initializers = live_nodes(*b.finish(), {SCORES, *names.values()})
+    nodes, initializers = promote_to_float32(nodes, initializers, b._types)  # float16 models: float32 backward
     rewritten.graph.node.extend(nodes)
     rewritten.graph.initializer.extend(initializers)
-    outputs = {SCORES: (b.elem_type(chosen), b.static_shape(chosen))}
+    outputs = {SCORES: (reverse_type(b.elem_type(chosen)), b.static_shape(chosen))}
     for name in computed:
-        outputs[name] = outputs[names[name]] = (b.elem_type(name), b.static_shape(name))
+        outputs[name] = (b.elem_type(name), b.static_shape(name))
+        outputs[names[name]] = (reverse_type(b.elem_type(name)), b.static_shape(name))
     _add_outputs(rewritten, outputs)
     return names
 

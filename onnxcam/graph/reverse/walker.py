@@ -32,7 +32,9 @@ def depends_on(nodes: Sequence[onnx.NodeProto], sources: set[str], builder: Buil
     for node in nodes:
         if any(name in reached for name in differentiable_inputs(node, rules)):
             rule = rules.get(node.op_type)
-            integers = rule is not None and rule.integer_outputs
+            # an op without a rule may carry the dependence on in integers (a quantised op): the walk then
+            # reaches it and names it, rather than returning zeros
+            integers = rule is None or rule.integer_outputs
             reached.update(out for out in node.output
                            if out and (integers or builder.elem_type(out) in FLOAT_TYPES))
     return reached
@@ -62,7 +64,7 @@ def backward(builder: Builder, nodes: Sequence[onnx.NodeProto], score: str, seed
         if all(g is None for g in out_grads):
             continue
         rule = rules.get(proto.op_type)
-        if rule is None or proto.domain not in ("", "ai.onnx"):
+        if rule is None or proto.domain not in rule.domains:
             raise _missing_rule(proto, wrt, kind)
         in_grads = rule.fn(builder, Node(proto), out_grads)
         carried = range(len(proto.input)) if rule.inputs is None else rule.inputs

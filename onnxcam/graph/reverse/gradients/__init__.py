@@ -70,16 +70,17 @@ class Rule:
     fn: RuleFn
     inputs: tuple[int, ...] | None  # inputs that carry gradient; None means all
     integer_outputs: bool = False   # gradient flows through its integer outputs (quantisation)
+    domains: tuple[str, ...] = ("", "ai.onnx")  # operator domains the rule applies to
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(*op_types: str, inputs: tuple[int, ...] | None = None,
-         integer_outputs: bool = False) -> Callable[[RuleFn], RuleFn]:
+def rule(*op_types: str, inputs: tuple[int, ...] | None = None, integer_outputs: bool = False,
+         domains: tuple[str, ...] = ("", "ai.onnx")) -> Callable[[RuleFn], RuleFn]:
     def register(fn: RuleFn) -> RuleFn:
         for op_type in op_types:
-            RULES[op_type] = Rule(fn, inputs, integer_outputs)
+            RULES[op_type] = Rule(fn, inputs, integer_outputs, domains)
         return fn
     return register
 

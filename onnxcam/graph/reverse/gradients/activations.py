@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
+import onnx
+
 from onnxcam.graph.builder import Builder
+from onnxcam.graph.load import FLOAT_TYPES
 from onnxcam.graph.reverse.gradients import Grads, Node, rule
 
 
@@ -223,10 +226,6 @@ def cos(b: Builder, node: Node, grads: list[str | None]) -> Grads:
 
 @rule("Cast")
 def cast(b: Builder, node: Node, grads: list[str | None]) -> Grads:
+    if b.elem_type(node.inputs[0]) not in FLOAT_TYPES:  # an integer (quantised) input: gradients stay float32
+        return [b.op("Cast", grads[0], to=onnx.TensorProto.FLOAT)]
     return [b.cast_like(grads[0] or "", node.inputs[0])]
-
-
-@rule("QuantizeLinear", "DequantizeLinear", inputs=(0,), integer_outputs=True)
-def straight_through(b: Builder, node: Node, grads: list[str | None]) -> Grads:
-    """Straight-through estimator: a Quantize/Dequantize pair passes the gradient unchanged (in float)."""
-    return [grads[0]]

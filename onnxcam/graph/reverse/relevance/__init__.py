@@ -84,7 +84,9 @@ def rule_table(options: LrpOptions | None = None) -> dict[str, Rule]:
     bound = options or LrpOptions()
     table = {op: RULES[op] for op in NON_DIFFERENTIABLE}
     for op_type, entry in LRP_RULES.items():
-        table[op_type] = Rule(_bind(entry.fn, bound), entry.inputs)
+        gradient = RULES.get(op_type)  # quantisation: relevance flows through integer tensors as gradients do
+        table[op_type] = Rule(_bind(entry.fn, bound), entry.inputs, *(
+            (gradient.integer_outputs, gradient.domains) if gradient is not None else ()))
     return table
 
 

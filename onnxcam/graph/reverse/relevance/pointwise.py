@@ -13,6 +13,7 @@ IDENTITY_OPS = (
     "Identity", "Dropout", "Cast", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Clip", "HardSwish",
     "HardSigmoid", "Sigmoid", "Tanh", "Softplus", "Softsign", "Mish", "Erf", "BatchNormalization",
     "InstanceNormalization", "GroupNormalization", "LayerNormalization", "LRN", "Softmax",
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",  # a value and its quantised form: the same share
 )
 
 
