@@ -85,7 +85,17 @@ class ModelView:
         if layer is None:
             return []
         names = [layer] if isinstance(layer, str) else list(layer)
-        resolved = [resolve_layer(self.model, name, self.modules) for name in names]
+        resolved = []
+        for name in names:
+            try:
+                resolved.append(resolve_layer(self.model, name, self.modules))
+            except LayerError as e:
+                try:  # the tensor message first: its close names are what most users meant
+                    check_tensors(self.model, [name])
+                except LayerError as missing:
+                    modules = str(e).partition(";")[2].strip()
+                    raise LayerError(f"{missing}" + (f"; as a module path: {modules}" if modules else "")) from None
+                raise
         check_tensors(self.model, resolved)
         return resolved
 

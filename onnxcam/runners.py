@@ -15,10 +15,10 @@ import onnx
 from onnxcam.errors import InputError
 from onnxcam.graph.catalogue import TensorInfo, catalogue, default_layer, find_score
 from onnxcam.graph.load import ModelSource, load_model
+from onnxcam.graph.quantized import is_quantized, saturated_images, saturation_warning
 from onnxcam.graph.reverse.model import PREFIXES, SCORES, SEED, check_tensors, image_input, reverse_model
 from onnxcam.graph.reverse.relevance import LrpOptions
 from onnxcam.graph.topo import Shape, static_shapes
-from onnxcam.graph.quantized import is_quantized, saturated_images, saturation_warning
 from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
 
 Targets = None | int | Sequence[int] | np.ndarray | Sequence[Any]  # Any: onnxcam.targets objects
