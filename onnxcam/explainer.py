@@ -163,9 +163,9 @@ class Explainer:
         per_layer = []
         evidences = self._evidence.build(x, targets, layers, spec, options)
         sign = options.get("eigen_sign", "activation")
+        own = spec.accepts(options, strict=False, own=True)  # eigen_sign also steers eigen_smooth, for every method
         for ev in evidences:
-            raw = combine(spec.fn(ev, **{k: v for k, v in options.items() if k != "eigen_sign"}), ev.activations,
-                          eigen_smooth, sign)
+            raw = combine(spec.fn(ev, **own), ev.activations, eigen_smooth, sign)
             per_layer.append(normalise(raw, size))
         maps = per_layer[0] if len(per_layer) == 1 else normalise(np.mean(per_layer, axis=0), size)
         return maps, evidences[0].scores, evidences[0].targets
