@@ -7,6 +7,7 @@ inferred shapes.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nc
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 ModelSource = str | os.PathLike | bytes | ModelProto
+_log = logging.getLogger("onnxcam")
 
 
 def load_model(source: ModelSource) -> ModelProto:
@@ -315,7 +317,69 @@ def _evaluate(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
 
 
 def _infer_shapes(model: ModelProto) -> ModelProto:
+    """Shapes inferred from the graph, trusted over the file's own annotations.
+
+    Exporters can leave stale `value_info` (jax2onnx writes NHWC shapes for tensors that are NCHW by then);
+    onnxruntime merges them leniently and runs, but rules built on them emit nodes whose shapes do not fit. So
+    inference starts from the graph inputs alone; an annotation that agrees with it adds what inference could
+    not tell (a symbolic or unknown dim), one that contradicts it (rank, a static dim, element type) is dropped
+    with a debug note, and one inference never reached is kept.
+    """
+    declared = {v.name: v for v in model.graph.value_info}
+    declared_outputs = {o.name: _copy(o) for o in model.graph.output}
+    bare = ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    for value in bare.graph.output:  # outputs' shapes can be stale too: keep only their element types
+        value.type.tensor_type.ClearField("shape")
     try:
-        return shape_inference.infer_shapes(model, data_prop=True)
+        inferred = shape_inference.infer_shapes(bare, data_prop=True)
     except Exception:  # inference is an aid: rules fall back to run-time shapes
         return model
+    found = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    unreached = [v for name, v in declared.items() if name not in found]
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        stated = declared.get(value.name) or declared_outputs.get(value.name)
+        if stated is not None:
+            _reconcile(value, stated)
+    if unreached:  # annotations past what inference reaches (custom functions...): let inference go on from them
+        inferred.graph.value_info.extend(unreached)
+        try:
+            inferred = shape_inference.infer_shapes(inferred, data_prop=True)
+        except Exception:
+            pass
+    return inferred
+
+
+def _copy(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(value)
+    return copy
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+
+
+def _reconcile(inferred: onnx.ValueInfoProto, stated: onnx.ValueInfoProto) -> None:
+    """Fill what inference left open in `inferred` from the file's annotation `stated`, unless they conflict."""
+    got, said = _dims(inferred), _dims(stated)
+    stated_type, inferred_type = stated.type.tensor_type.elem_type, inferred.type.tensor_type.elem_type
+    conflict = (stated_type and inferred_type and stated_type != inferred_type) or (
+        got is not None and said is not None and (len(got) != len(said) or any(
+            isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(got, said))))
+    if conflict:
+        _log.debug("dropped the stale annotation of tensor '%s': the file says %s %s, the graph gives %s %s",
+                   inferred.name, said, stated_type, got, inferred_type)
+        return
+    if said is None:
+        return
+    if got is None:
+        inferred.type.tensor_type.shape.CopyFrom(stated.type.tensor_type.shape)
+        return
+    for dim, stated_dim in zip(inferred.type.tensor_type.shape.dim, stated.type.tensor_type.shape.dim):
+        if not dim.HasField("dim_value") and not dim.dim_param:
+            dim.CopyFrom(stated_dim)
