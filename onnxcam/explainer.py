@@ -29,7 +29,7 @@ from onnxcam.targets import (
     DetectionLayout,
     Target,
     categories,
-    guess_detection_layout,
+    detection_layout,
     guess_task,
     is_target_objects,
     resolve_targets,
@@ -363,8 +363,7 @@ class Explainer:
         has_nms = any(n.op_type == "NonMaxSuppression" for n in self.model.graph.node)
         post_nms = bool(selection_nodes(self.model, self.output)) if has_nms else None  # known from the graph
         classes = len(labels) if labels else nms_classes(self.model) if has_nms else None
-        return guess_detection_layout(shape, classes,
-                                      model_metadata(self.model).get("detection"), post_nms)
+        return detection_layout(shape, model_metadata(self.model), classes, post_nms)
 
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """The score tensor of a batch in the output's own shape (N, ...): logits, segmentation logits, raw

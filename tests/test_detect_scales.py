@@ -1,0 +1,264 @@
+"""Multi-scale detectors and Ultralytics exports (models/ultralytics: YOLOv8n detect, segment, classify, pose, obb
+made with Ultralytics' own exporter from its yaml, random weights; see models/ultralytics/export.py).
+
+- onnxcam.graph.scales finds the three scales of YOLOv8's head, their feature maps and the rows each one owns; the
+  row ranges are checked by the gradients themselves (a row of one scale has zero gradient at coarser scales).
+- For a detection from each scale, the gradient of its target at every per-scale feature map matches float64
+  finite differences, and Grad-CAM with the per-scale maps as layers gives a non-zero map through the public API.
+- onnxcam.targets reads Ultralytics' metadata (task, names, imgsz, stride, kpt_shape): instance segmentation,
+  pose and OBB rows are split into box, class scores and extras with the metadata's class count.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from layer_gradcheck import layer_gradients
+
+import onnxcam
+from onnxcam.errors import InputError
+from onnxcam.graph.load import load_model
+from onnxcam.graph.scales import Scale, describe_scales, detection_scales, scale_of_row
+from onnxcam.images import model_metadata
+from onnxcam.targets import (
+    DetectionLayout,
+    DetectionTarget,
+    decode,
+    detection_layout,
+    detection_targets,
+    guess_task,
+    instance_mask,
+    ultralytics_info,
+    ultralytics_layout,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+ULTRALYTICS = ROOT / "models" / "ultralytics"
+DETECTORS = {"detect": "yolov8n.onnx", "segment": "yolov8n-seg.onnx", "pose": "yolov8n-pose.onnx",
+             "obb": "yolov8n-obb.onnx"}
+SHAPES = (ROOT / "models" / "shapes_labels.txt").read_text().split()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONNXCAM_CACHE", str(tmp_path_factory.getbasetemp() / "onnxcam-cache"))
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    """A preprocessed input as Ultralytics takes it: RGB in [0, 1], NCHW, 128 x 128, static batch 1."""
+    return np.random.default_rng(seed).random((1, 3, 128, 128), dtype=np.float32)
+
+
+def _scales(path: Path) -> list[Scale]:
+    model = load_model(path)
+    return detection_scales(model, model.graph.output[0].name)
+
+
+# --- scales ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", sorted(DETECTORS))
+def test_three_scales_of_yolov8_heads(task: str) -> None:
+    scales = _scales(ULTRALYTICS / DETECTORS[task])
+    assert [s.stride for s in scales] == [(8, 8), (16, 16), (32, 32)]
+    assert [s.grid for s in scales] == [(16, 16), (8, 8), (4, 4)]
+    assert [(s.start, s.stop) for s in scales] == [(0, 256), (256, 320), (320, 336)]
+    assert all(s.anchors == 1 and s.layout == "NCHW" for s in scales)
+    # the neck's outputs (Ultralytics' modules 15, 18, 21: the C2f blocks that Detect reads), not tensors inside
+    # the head, whatever head (box, class, mask, keypoint or angle branches) the concat belongs to
+    assert [s.feature for s in scales] == [f"/model.{m}/cv2/act/Mul_output_0" for m in (15, 18, 21)]
+    assert scale_of_row(scales, 255) is scales[0] and scale_of_row(scales, 256) is scales[1]
+    assert scale_of_row(scales, 336) is None
+    assert scales[2].cell(320 + 5) == (0, 1, 1)
+    lines = describe_scales(scales)
+    assert lines[0].startswith("stride 8: grid 16x16, rows 0-255 (256), feature /model.15/")
+    assert "rows 320-335 (16)" in lines[2]
+
+
+def test_no_scales_without_a_multi_scale_head() -> None:
+    classifier = load_model(ULTRALYTICS / "yolov8n-cls.onnx")
+    assert detection_scales(classifier, classifier.graph.output[0].name) == []
+    single = load_model(ROOT / "models" / "shapes_detector.onnx")  # one feature map, one grid of cells
+    assert detection_scales(single, single.graph.output[0].name) == []
+
+
+def _best_rows(path: Path, x: np.ndarray) -> tuple[onnxcam.Explainer, np.ndarray, DetectionLayout, list[int]]:
+    """The explainer, one image's output, its layout and the best row of each scale."""
+    ex = onnxcam.Explainer(path, providers=["CPUExecutionProvider"])
+    out = ex.outputs(x)[0]
+    layout = ex.detection_layout(out.shape)
+    scores = decode(out, layout).scores
+    return ex, out, layout, [s.start + int(np.argmax(scores[s.start:s.stop])) for s in _scales(path)]
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_target_gradients_at_every_scale_match_finite_differences(task: str) -> None:
+    """For the best detection of each scale: the gradient of its target (class score) at each per-scale feature
+    map matches float64 finite differences; it is non-zero at its own scale and exactly zero at coarser ones
+    (which it does not depend on), so the rows really belong to the scales found."""
+    path = ULTRALYTICS / DETECTORS[task]
+    x = _image(1)
+    ex, out, layout, rows = _best_rows(path, x)
+    scales = _scales(path)
+    features = [s.feature for s in scales]
+    for i, row in enumerate(rows):
+        target = DetectionTarget(row, layout=layout).bind(out)
+        assert target.category is not None and 0 <= target.category < len(SHAPES)
+        seed = target.seed(out)[None]
+        coarser = features[i + 1:]
+        grads = layer_gradients(path, x, features, seed=seed, zero_allowed=coarser, directions=2)
+        assert np.abs(grads[features[i]]).max() > 0
+        assert all(not grads[f].any() for f in coarser), f"a stride-{scales[i].stride[0]} row depends on a coarser map"
+
+
+def _per_scale_gradcam(path: Path, x: np.ndarray, target: DetectionTarget, out: np.ndarray,
+                       scales: list[Scale]) -> np.ndarray:
+    """The combination proposed for multi-scale layers: each scale's raw Grad-CAM map (sum_k mean(dS/dA_k) A_k,
+    before ReLU) resized to the input and divided by its cell area, so every map is evidence per input pixel;
+    the sum is ReLU'd and min-max normalised once. A scale the target does not depend on adds nothing."""
+    res = onnxcam.gradients(path, x, layers=[s.feature for s in scales], targets=target.seed(out)[None])
+    total = np.zeros(x.shape[2:], np.float64)
+    for s in scales:
+        a, g = res.activations[s.feature][0], res.gradients[s.feature][0]
+        raw = np.tensordot(g.mean(axis=(1, 2)), a, axes=1)
+        total += cv2.resize(raw.astype(np.float32), x.shape[2:][::-1], interpolation=cv2.INTER_LINEAR) / (
+            s.stride[0] * s.stride[1])
+    total = np.maximum(total, 0)
+    total -= total.min()
+    return total / total.max() if total.max() > 0 else total
+
+
+@pytest.mark.parametrize("task", sorted(DETECTORS))
+def test_gradcam_at_the_per_scale_layers_is_non_zero_for_every_scale(task: str) -> None:
+    path = ULTRALYTICS / DETECTORS[task]
+    x = _image(2)
+    ex, out, layout, rows = _best_rows(path, x)
+    scales = _scales(path)
+    features = [s.feature for s in scales]
+    for i, row in enumerate(rows):
+        target = DetectionTarget(row, layout=layout).bind(out)
+        per_layer = onnxcam.Explainer(path, layer=features, providers=["CPUExecutionProvider"])
+        maps = per_layer.explain(x, "gradcam", targets=[target])
+        assert maps.shape == (1, 128, 128) and maps.max() > 0, f"{task}: zero map for a stride-{scales[i].stride}"
+        combined = _per_scale_gradcam(path, x, target, out, scales)
+        assert combined.max() > 0
+        if i == 0:  # a stride-8 detection has no gradient at the coarser maps: the sum is its own scale's map
+            alone = _per_scale_gradcam(path, x, target, out, scales[:1])
+            np.testing.assert_allclose(combined, alone, atol=1e-6)
+
+
+def test_single_layer_default_misses_finer_scales() -> None:
+    """Why per-scale layers: at the stride-32 map alone a stride-8 detection has no gradient at all."""
+    path = ULTRALYTICS / "yolov8n.onnx"
+    x = _image(3)
+    ex, out, layout, rows = _best_rows(path, x)
+    coarse = _scales(path)[2].feature
+    target = DetectionTarget(rows[0], layout=layout).bind(out)
+    res = onnxcam.gradients(path, x, layers=[coarse], targets=target.seed(out)[None])
+    assert not res.gradients[coarse].any()
+
+
+# --- Ultralytics metadata and layouts -------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["detect", "segment", "classify", "pose", "obb"])
+def test_ultralytics_metadata(task: str) -> None:
+    name = {"classify": "yolov8n-cls.onnx", **DETECTORS}[task]
+    meta = model_metadata(onnx.load(str(ULTRALYTICS / name), load_external_data=False))
+    info = ultralytics_info(meta)
+    assert info is not None and info.task == task
+    assert info.names == (("person",) if task == "pose" else tuple(SHAPES))
+    assert info.imgsz == (128, 128) and not info.end2end
+    assert info.stride == (1 if task == "classify" else 32)
+    assert info.kpt_shape == ((17, 3) if task == "pose" else None)
+    output_rank = 2 if task == "classify" else 3
+    assert guess_task([1] * output_rank, meta) == ("classify" if task == "classify" else "detect")
+
+
+def test_other_metadata_is_not_ultralytics() -> None:
+    assert ultralytics_info({"task": "detect"}) is None
+    assert ultralytics_info({"task": "segmentation", "names": "{0: 'a'}", "stride": "8"}) is None
+    assert guess_task([1, 9, 96, 96], {"task": "segment"}) == "segment"  # semantic segmentation stays so
+
+
+@pytest.mark.parametrize(("task", "extras", "width"), [("detect", "", 12), ("segment", "masks", 44),
+                                                      ("pose", "keypoints", 56), ("obb", "angle", 13)])
+def test_ultralytics_layouts(task: str, extras: str, width: int) -> None:
+    path = ULTRALYTICS / DETECTORS[task]
+    ex = onnxcam.Explainer(path, providers=["CPUExecutionProvider"])
+    assert ex.task == "detect"
+    out = ex.outputs(_image(4))[0]
+    assert out.shape == (width, 336)
+    layout = ex.detection_layout(out.shape)
+    classes = 1 if task == "pose" else len(SHAPES)
+    assert (layout.attributes_first, layout.objectness, layout.classes, layout.extras) == (True, False, classes,
+                                                                                          extras)
+    assert layout.class_columns(width) == slice(4, 4 + classes)
+    assert layout.extra_columns(width) == slice(4 + classes, width)
+    found = decode(out, layout)
+    assert found.classes.max() < classes  # mask coefficients, keypoints, angles are never classes
+    rows = layout.rows(out)
+    np.testing.assert_allclose(found.scores, rows[:, 4:4 + classes].max(axis=1), rtol=1e-6)
+    targets = detection_targets(out, layout, threshold=float(np.sort(found.scores)[-5]))
+    assert targets and all(t.category is not None and t.category < classes for t in targets)
+
+
+def test_metadata_that_does_not_fit_the_output_is_an_error() -> None:
+    meta = model_metadata(onnx.load(str(ULTRALYTICS / "yolov8n-pose.onnx")))
+    info = ultralytics_info(meta)
+    assert info is not None
+    with pytest.raises(InputError, match=r"task pose, 1 names.*\(55, 336\)"):
+        ultralytics_layout(info, (55, 336))
+    with pytest.raises(InputError, match="task detect, 8 names"):
+        detection_layout((14, 336), {**model_metadata(onnx.load(str(ULTRALYTICS / "yolov8n.onnx")))})
+
+
+def test_end2end_rows_are_final_detections() -> None:
+    """YOLOv10/YOLO26 heads (end2end in the metadata) give (boxes, x0 y0 x1 y1 score class [+ extras])."""
+    meta = {**model_metadata(onnx.load(str(ULTRALYTICS / "yolov8n-seg.onnx"))), "end2end": "True"}
+    layout = detection_layout((300, 38), meta)
+    assert layout.post_nms and layout.extras == "masks"
+    rows = np.zeros((300, 38), np.float32)
+    rows[7, :6] = [10, 20, 50, 60, 0.9, 3]
+    found = decode(rows, layout)
+    assert found.classes[7] == 3 and found.scores[7] == pytest.approx(0.9)
+
+
+def test_oriented_boxes_decode_to_their_axis_aligned_bounds() -> None:
+    layout = DetectionLayout(True, objectness=False, classes=2, extras="angle")
+    out = np.zeros((4 + 2 + 1, 2), np.float32)
+    out[:4, 0], out[4:6, 0], out[6, 0] = [50, 40, 20, 10], [0.2, 0.7], math.pi / 2  # turned a quarter: 10 x 20
+    out[:4, 1], out[4:6, 1], out[6, 1] = [50, 40, 20, 10], [0.9, 0.1], 0.0
+    found = decode(out, layout)
+    np.testing.assert_allclose(found.boxes[0], [45, 30, 55, 50], atol=1e-5)
+    np.testing.assert_allclose(found.boxes[1], [40, 35, 60, 45], atol=1e-5)
+    assert list(found.classes) == [1, 0]
+
+
+def test_instance_masks_from_prototypes() -> None:
+    """The two outputs of YOLOv8-seg: a detection's 32 coefficients combine the 32 prototypes into its mask."""
+    path = ULTRALYTICS / "yolov8n-seg.onnx"
+    model = load_model(path)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out, prototypes = session.run(None, {"images": _image(5)})
+    assert prototypes.shape == (1, 32, 32, 32)
+    layout = detection_layout(out.shape[1:], model_metadata(model))
+    best = detection_targets(out[0], layout)[0]
+    rows = layout.rows(out[0])
+    coefficients = rows[best.index, layout.extra_columns(rows.shape[1])]
+    assert coefficients.shape == (32,)
+    assert best.box is not None
+    mask = instance_mask(coefficients, prototypes[0], best.box, (128, 128))
+    assert mask.shape == (128, 128) and mask.dtype == bool
+    x0, y0, x1, y1 = best.box
+    rows_in, cols_in = np.nonzero(mask)
+    assert (cols_in + 0.5 >= x0).all() and (cols_in + 0.5 <= x1).all()
+    assert (rows_in + 0.5 >= y0).all() and (rows_in + 0.5 <= y1).all()
+    logits = np.tensordot(coefficients, prototypes[0], axes=1)  # at the prototypes' 32 x 32: 4 input pixels each
+    whole = instance_mask(coefficients, prototypes[0], (0, 0, 128, 128), (128, 128))
+    assert abs(whole.mean() - (logits > 0).mean()) < 0.05
+    with pytest.raises(InputError, match="coefficients"):
+        instance_mask(coefficients[:5], prototypes[0], best.box, (128, 128))
