@@ -10,6 +10,7 @@ from onnxcam import tokens
 from onnxcam.errors import LayerError, ModelError
 from onnxcam.graph.autodiff import ancestors
 from onnxcam.graph.builder import Shape, _elem_types, _static_shapes
+from onnxcam.graph.dominators import dominator_chain, dominators
 from onnxcam.graph.load import FLOAT_TYPES
 
 # Ops that keep the layout of their (first) input.
@@ -167,17 +168,28 @@ def find_score(model: onnx.ModelProto, output: str | None = None, probabilities:
 
 
 def default_layer(model: onnx.ModelProto, score: str, infos: list[TensorInfo] | None = None) -> str:
-    """The last spatial feature map (in graph order) that the score depends on; for a transformer whose head reads
-    the class token, the last token tensor before the last attention (see tokens.class_token_default)."""
+    """The last spatial feature map (in graph order) that the score depends on and that every path from the image
+    to the score passes through; for a transformer whose head reads the class token, the last token tensor before
+    the last attention (see tokens.class_token_default).
+
+    Passing through every path keeps the default out of residual branches: an attention block, an MLP or a
+    ResNet block's convolutions are bypassed by their skip connection, while the blocks' outputs are not."""
     infos = catalogue(model) if infos is None else infos
-    needed = ancestors(list(model.graph.node), score)
+    nodes = list(model.graph.node)
+    needed = ancestors(nodes, score)
     spatial = [t for t in infos if t.spatial and t.name in needed and t.op_type]
     if not spatial:
         raise LayerError("the model has no spatial feature map (a rank-4 NCHW or NHWC tensor, or transformer tokens) "
                          "before its score; CAM methods need one: pass --layer with a tensor name, or explain another "
                          "model")
-    if not tokens.has_attention(model, needed):
+    attention = tokens.has_attention(model, needed)
+    if not attention:
         # no transformer: token-shaped tensors after the last feature map are a head's output (detection boxes)
         spatial = [t for t in spatial if t.layout not in tokens.TOKEN_LAYOUTS] or spatial
     token_layers = [(t.name, t.shape) for t in spatial if t.layout == "BTC" and t.shape is not None]
-    return tokens.class_token_default(model, needed, token_layers) or spatial[-1].name
+    chosen = tokens.class_token_default(model, needed, token_layers)
+    if chosen is not None:
+        return chosen
+    image = next((t.name for t in infos if not t.op_type and t.layout), None)
+    on_every_path = set(dominator_chain(score, dominators(nodes, image))) if image is not None else set()
+    return ([t for t in spatial if t.name in on_every_path] or spatial)[-1].name

@@ -40,7 +40,7 @@ def load_model(source: ModelSource) -> ModelProto:
     _sort_nodes(model)
     model = _upgrade_opset(model)
     _fold_constants(model)
-    return _infer_shapes(model)
+    return _complete_by_run(_infer_shapes(model))
 
 
 def model_name(source: ModelSource) -> str:
@@ -383,3 +383,105 @@ def _reconcile(inferred: onnx.ValueInfoProto, stated: onnx.ValueInfoProto) -> No
     for dim, stated_dim in zip(inferred.type.tensor_type.shape.dim, stated.type.tensor_type.shape.dim):
         if not dim.HasField("dim_value") and not dim.dim_param:
             dim.CopyFrom(stated_dim)
+
+
+# Ops whose output sizes depend on the values computed: a run with zeros says nothing about other inputs.
+_DATA_DEPENDENT = {"NonZero", "NonMaxSuppression", "Unique", "Compress", "Loop", "If", "Scan", "SequenceConstruct",
+                   "SplitToSequence", "ConcatFromSequence"}
+
+
+def _complete_by_run(model: ModelProto) -> ModelProto:
+    """Sizes that inference could not tell, read from one onnxruntime run on zeros (two with a dynamic batch).
+
+    Static inference loses sizes through shape arithmetic (Swin's window partitions: Shape, Gather, Pad, Reshape),
+    and layers without a size are invisible to the catalogue. A dim that differs between batch 1 and 2 is the
+    batch (or k times it, named `k*batch`: not one image per row); tensors after data-dependent ops (NonZero,
+    NMS...) are left alone, as are models whose inputs have dynamic sizes other than the batch.
+    """
+    graph = model.graph
+    known = {v.name: _dims(v) for v in list(graph.input) + list(graph.value_info) + list(graph.output)}
+    symbols = {d for v in graph.input for d in (_dims(v) or []) if isinstance(d, str)}
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.output)}
+    varying = _after_data_dependent(graph)
+    missing = [o for n in graph.node for o in n.output
+               if o and o not in varying and types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES
+               and _incomplete(known.get(o), symbols)]
+    feeds = _zero_feeds(model)
+    if not missing or feeds is None:
+        return model
+    try:
+        runs = [_run_shapes(model, missing, feed) for feed in feeds]
+    except Exception as exc:  # a model onnxruntime cannot run is reported later, where it is run
+        _log.debug("could not complete shapes by a run: %s", exc)
+        return model
+    batch_symbol = next(iter(sorted(symbols)), "batch")
+    values = {v.name: v for v in graph.value_info}
+    for name in missing:
+        shapes = [run[name] for run in runs]
+        if len({len(s) for s in shapes}) != 1:
+            continue
+        dims = [_run_dim([s[axis] for s in shapes], batch_symbol) for axis in range(len(shapes[0]))]
+        previous = known.get(name)
+        if previous is not None and len(previous) == len(dims):  # keep what inference named (a named batch)
+            dims = [p if isinstance(p, str) and p in symbols else d for p, d in zip(previous, dims)]
+        value = values.get(name)
+        if value is None:
+            value = graph.value_info.add()
+            value.name = name
+        value.type.tensor_type.elem_type = types.get(name) or onnx.TensorProto.FLOAT
+        value.type.tensor_type.shape.CopyFrom(helper.make_tensor_type_proto(1, dims).tensor_type.shape)
+    return model
+
+
+def _incomplete(dims: list[int | str | None] | None, symbols: set[str]) -> bool:
+    return dims is None or any(d is None or (isinstance(d, str) and d not in symbols) for d in dims)
+
+
+def _after_data_dependent(graph: onnx.GraphProto) -> set[str]:
+    tainted: set[str] = set()
+    for node in graph.node:
+        if node.op_type in _DATA_DEPENDENT or any(i in tainted for i in node.input):
+            tainted.update(o for o in node.output if o)
+    return tainted
+
+
+def _zero_feeds(model: ModelProto) -> list[dict[str, np.ndarray]] | None:
+    """Zero inputs at batch 1 (and 2 when the batch is dynamic); None when another size is dynamic."""
+    feeds: list[dict[str, np.ndarray]] = [{}, {}]
+    dynamic_batch = False
+    for value in model.graph.input:
+        dims = _dims(value)
+        if dims is None:
+            return None
+        if any(not isinstance(d, int) for d in dims[1:]):
+            return None
+        dynamic_batch |= bool(dims) and not isinstance(dims[0], int)
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        for batch, feed in zip((1, 2), feeds):
+            shape = [batch if not isinstance(d, int) else d for d in dims]
+            feed[value.name] = np.zeros(shape, dtype)
+    return feeds if dynamic_batch else feeds[:1]
+
+
+def _run_shapes(model: ModelProto, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    import onnxruntime as ort
+
+    exposed = ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = session.run(names, feeds)
+    return {name: tuple(np.shape(v)) for name, v in zip(names, values)}
+
+
+def _run_dim(sizes: list[int], batch: str) -> int | str | None:
+    """One dim from its sizes at batch 1 (and 2): equal sizes are static, k and 2k are k times the batch."""
+    if len(set(sizes)) == 1:
+        return int(sizes[0])
+    if len(sizes) == 2 and sizes[1] == 2 * sizes[0]:
+        return batch if sizes[0] == 1 else f"{sizes[0]}*{batch}"
+    return None

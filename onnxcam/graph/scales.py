@@ -8,7 +8,7 @@ every detection.
 
 The graph tells the scales: a Concat among the output's ancestors whose inputs' lengths along its axis add up to
 the output's row count (with no row selection, TopK or NMS, between it and the output). Each input's head is found
-along its dominators (onnxcam.graph.scales.dominators): it starts at the feature map the neck hands to it; the
+along its dominators (onnxcam.graph.dominators): it starts at the feature map the neck hands to it; the
 input's length is that map's h x w cells times a whole number of anchors.
 """
 
@@ -22,6 +22,7 @@ import onnx
 from onnxcam.graph.autodiff import ancestors
 from onnxcam.graph.builder import Shape, _static_shapes
 from onnxcam.graph.catalogue import TensorInfo, catalogue
+from onnxcam.graph.dominators import dominator_chain, dominators
 
 # Ops that pick some rows of their input: after one of these, rows no longer map to the concatenated scales.
 _ROW_SELECTIONS = {"TopK", "NonMaxSuppression", "GatherElements", "GatherND"}
@@ -165,7 +166,7 @@ def _head_inputs(nodes: list[onnx.NodeProto], sources: list[str], idom: dict[str
     chain has no such point (its feature map feeds no other scale), so its head is taken as deep, in
     convolutions, as the others'.
     """
-    chains = [_dominator_chain(name, idom) for name in sources]
+    chains = [dominator_chain(name, idom) for name in sources]
     reads = [ancestors(nodes, name) for name in sources]
     producer = {o: node.op_type for node in nodes for o in node.output}
     depths = []
@@ -184,41 +185,6 @@ def _head_inputs(nodes: list[onnx.NodeProto], sources: list[str], idom: dict[str
             return None
         features.append(chain[passed[depth - 1] + 1])
     return features
-
-
-def _dominator_chain(name: str, idom: dict[str, str | None]) -> list[str]:
-    """`name` and its dominators, nearest first, up to the image input."""
-    chain = [name]
-    while idom.get(chain[-1]) is not None:
-        chain.append(idom[chain[-1]])  # type: ignore[arg-type]
-    return chain
-
-
-def dominators(nodes: Sequence[onnx.NodeProto], root: str) -> dict[str, str | None]:
-    """The immediate dominator of every tensor computed from `root` (the image input): the nearest tensor that
-    every path from `root` to it passes through (None for `root`). Nodes must be in topological order."""
-    idom: dict[str, str | None] = {root: None}
-    depth = {root: 0}
-
-    def meet(a: str, b: str) -> str:
-        while a != b:
-            if depth[a] >= depth[b]:
-                a = idom[a]  # type: ignore[assignment]
-            else:
-                b = idom[b]  # type: ignore[assignment]
-        return a
-
-    for node in nodes:
-        preds = [name for name in node.input if name in idom]
-        if not preds:
-            continue
-        common = preds[0]
-        for name in preds[1:]:
-            common = meet(common, name)
-        for out in node.output:
-            if out:
-                idom[out], depth[out] = common, depth[common] + 1
-    return idom
 
 
 def _scale(info: TensorInfo, length: int, start: int, input_hw: tuple[int, int] | None) -> Scale | None:
