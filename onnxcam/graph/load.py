@@ -394,23 +394,25 @@ def _complete_by_run(model: ModelProto) -> ModelProto:
     """Sizes that inference could not tell, read from one onnxruntime run on zeros (two with a dynamic batch).
 
     Static inference loses sizes through shape arithmetic (Swin's window partitions: Shape, Gather, Pad, Reshape),
-    and layers without a size are invisible to the catalogue. A dim that differs between batch 1 and 2 is the
-    batch (or k times it, named `k*batch`: not one image per row); tensors after data-dependent ops (NonZero,
-    NMS...) are left alone, as are models whose inputs have dynamic sizes other than the batch.
+    and layers without a size are invisible to the catalogue. Only tensors computed from the inputs are read. A
+    dim that differs between batch 1 and 2 is the batch (or k times it, named `k*batch`: not one image per row);
+    tensors after data-dependent ops (NonZero, NMS...) are left alone, as are models whose inputs have dynamic
+    sizes other than the batch.
     """
     graph = model.graph
     known = {v.name: _dims(v) for v in list(graph.input) + list(graph.value_info) + list(graph.output)}
     symbols = {d for v in graph.input for d in (_dims(v) or []) if isinstance(d, str)}
     types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.output)}
     varying = _after_data_dependent(graph)
+    computed = _computed_from_inputs(graph)
     missing = [o for n in graph.node for o in n.output
-               if o and o not in varying and types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES
+               if o in computed and o not in varying and types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES
                and _incomplete(known.get(o), symbols)]
     feeds = _zero_feeds(model)
     if not missing or feeds is None:
         return model
     try:
-        runs = [_run_shapes(model, missing, feed) for feed in feeds]
+        runs = _run_shapes(model, missing, feeds)
     except Exception as exc:  # a model onnxruntime cannot run is reported later, where it is run
         _log.debug("could not complete shapes by a run: %s", exc)
         return model
@@ -431,6 +433,14 @@ def _complete_by_run(model: ModelProto) -> ModelProto:
         value.type.tensor_type.elem_type = types.get(name) or onnx.TensorProto.FLOAT
         value.type.tensor_type.shape.CopyFrom(helper.make_tensor_type_proto(1, dims).tensor_type.shape)
     return model
+
+
+def _computed_from_inputs(graph: onnx.GraphProto) -> set[str]:
+    reached = {v.name for v in graph.input}
+    for node in graph.node:
+        if any(i in reached for i in node.input):
+            reached.update(o for o in node.output if o)
+    return reached
 
 
 def _incomplete(dims: list[int | str | None] | None, symbols: set[str]) -> bool:
@@ -463,7 +473,9 @@ def _zero_feeds(model: ModelProto) -> list[dict[str, np.ndarray]] | None:
     return feeds if dynamic_batch else feeds[:1]
 
 
-def _run_shapes(model: ModelProto, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+def _run_shapes(model: ModelProto, names: list[str],
+                feeds: list[dict[str, np.ndarray]]) -> list[dict[str, tuple[int, ...]]]:
+    """The shapes of `names` in one run per feed, from one session."""
     import onnxruntime as ort
 
     exposed = ModelProto()
@@ -472,10 +484,9 @@ def _run_shapes(model: ModelProto, names: list[str], feeds: dict[str, np.ndarray
     exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    values = session.run(names, feeds)
-    return {name: tuple(np.shape(v)) for name, v in zip(names, values)}
+    return [{name: tuple(np.shape(v)) for name, v in zip(names, session.run(names, feed))} for feed in feeds]
 
 
 def _run_dim(sizes: list[int], batch: str) -> int | str | None:
