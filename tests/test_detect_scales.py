@@ -262,3 +262,83 @@ def test_instance_masks_from_prototypes() -> None:
     assert abs(whole.mean() - (logits > 0).mean()) < 0.05
     with pytest.raises(InputError, match="coefficients"):
         instance_mask(coefficients[:5], prototypes[0], best.box, (128, 128))
+
+
+# --- dynamic sizes ----------------------------------------------------------------------------------------------------
+def test_scales_of_a_model_with_dynamic_sizes_at_a_given_input_size() -> None:
+    """Exports with dynamic sizes (dynamic=True) have no static row count: the scales are found on the same graph
+    at the input size the caller runs it at."""
+    model = onnx.load(str(ULTRALYTICS / "yolov8n.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis, name in ((0, "batch"), (2, "height"), (3, "width")):
+        dims[axis].Clear()
+        dims[axis].dim_param = name
+    del model.graph.value_info[:]
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    loaded = load_model(model)
+    assert detection_scales(loaded, "output0") == []
+    scales = detection_scales(loaded, "output0", input_hw=(128, 128))
+    assert [(s.start, s.stop, s.stride) for s in scales] == [(0, 256, (8, 8)), (256, 320, (16, 16)),
+                                                             (320, 336, (32, 32))]
+
+
+def _nudenet_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained YOLOv8n detector inside the `nudenet` wheel (dynamic batch and size, 320 x 320 by its metadata):
+    from ONNXCAM_NUDENET (the .onnx or the wheel), or downloaded with pip when ONNXCAM_NETWORK_TESTS=1."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    given = os.environ.get("ONNXCAM_NUDENET")
+    if given:
+        source = Path(given)
+    elif os.environ.get("ONNXCAM_NETWORK_TESTS") == "1":
+        folder = tmp_path_factory.mktemp("nudenet")
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "nudenet", "--no-deps", "-d", str(folder)],
+                              capture_output=True, timeout=300)
+        wheels = sorted(folder.glob("nudenet-*.whl"))
+        if done.returncode or not wheels:
+            pytest.skip("could not download the nudenet wheel")
+        source = wheels[0]
+    else:
+        pytest.skip("set ONNXCAM_NUDENET=/path/to/320n.onnx (or the wheel), or ONNXCAM_NETWORK_TESTS=1")
+    if source.suffix == ".whl":
+        target = tmp_path_factory.mktemp("nudenet_model") / "320n.onnx"
+        with zipfile.ZipFile(source) as wheel:
+            target.write_bytes(wheel.read("nudenet/320n.onnx"))
+        source = target
+    return source
+
+
+def test_nudenet_detector(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Issue 19's model: at 320 x 320 rows 0-1599 come from stride 8, 1600-1999 from 16, 2000-2099 from 32; the
+    best detection of each scale on the example images gets a non-zero Grad-CAM map at the per-scale layers, and a
+    stride-8 one has no gradient at all at the old default (inside the stride-32 class head)."""
+    path = _nudenet_model(tmp_path_factory)
+    model = load_model(path)
+    meta = model_metadata(model)
+    info = ultralytics_info(meta)
+    assert info is not None and info.imgsz == (320, 320) and len(info.names) == 18
+    scales = detection_scales(model, "output0", input_hw=(320, 320))
+    assert [(s.start, s.stop, s.stride) for s in scales] == [(0, 1600, (8, 8)), (1600, 2000, (16, 16)),
+                                                             (2000, 2100, (32, 32))]
+    features = [s.feature for s in scales]
+    ex = onnxcam.Explainer(path, layer=features, providers=["CPUExecutionProvider"])
+    images = sorted((ROOT / "examples" / "images").glob("*.png"))[:3]
+    for image in images:
+        rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
+        x = (cv2.resize(rgb, (320, 320)).astype(np.float32) / 255).transpose(2, 0, 1)[None].copy()
+        out = ex.outputs(x)[0]
+        layout = ex.detection_layout(out.shape)
+        assert layout.classes == 18
+        scores = decode(out, layout).scores
+        for s in scales:
+            row = s.start + int(np.argmax(scores[s.start:s.stop]))
+            target = DetectionTarget(row, layout=layout).bind(out)
+            maps = ex.explain(x, "gradcam", targets=[target])
+            assert maps.max() > 0, f"{image.name}: zero map for the best stride-{s.stride[0]} detection"
+        fine = DetectionTarget(int(np.argmax(scores[:1600])), layout=layout).bind(out)
+        old_default = "/model.22/cv3.2/cv3.2.1/act/Mul_output_0"
+        res = onnxcam.gradients(path, x, layers=[old_default], targets=fine.seed(out)[None])
+        assert not res.gradients[old_default].any()

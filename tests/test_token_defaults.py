@@ -63,7 +63,7 @@ def _check_default(path: Path, name: str) -> None:
         # after the last attention product, and on every path from the image to the score: outside attention
         # and outside the MLP branches, i.e. a block output or later
         assert order[layer] > order[products[-1].output[0]], f"{name}: {layer} comes before the last attention"
-        idom = dominators(nodes, ex.input_name)
+        idom = dominators(model, ex.input_name)
         assert layer in dominator_chain(ex.score, idom), f"{name}: {layer} is bypassed by a residual connection"
     assert "/attn/" not in layer and "attention" not in layer
 

@@ -191,5 +191,5 @@ def default_layer(model: onnx.ModelProto, score: str, infos: list[TensorInfo] | 
     if chosen is not None:
         return chosen
     image = next((t.name for t in infos if not t.op_type and t.layout), None)
-    on_every_path = set(dominator_chain(score, dominators(nodes, image))) if image is not None else set()
+    on_every_path = set(dominator_chain(score, dominators(model, image))) if image is not None else set()
     return ([t for t in spatial if t.name in on_every_path] or spatial)[-1].name

@@ -7,15 +7,21 @@ per-scale head starts at the one feature map its rows are computed from (onnxcam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import onnx
 
+from onnxcam.graph.builder import _elem_types
+from onnxcam.graph.load import FLOAT_TYPES
 
-def dominators(nodes: Sequence[onnx.NodeProto], root: str) -> dict[str, str | None]:
+_FLOAT = onnx.TensorProto.FLOAT
+
+
+def dominators(model: onnx.ModelProto, root: str) -> dict[str, str | None]:
     """The immediate dominator of every tensor computed from `root` (None for `root`): the nearest tensor that
-    every path from `root` to it passes through. Tensors not computed from `root` (weights, constants, shape
-    arithmetic on them) are absent. Nodes must be in topological order."""
+    every path of values from `root` to it passes through. Paths through integer and boolean tensors (shape
+    arithmetic: a Reshape whose target shape is read from another scale's feature map) do not count: no value,
+    and no gradient, flows along them. Tensors not computed from `root` (weights, constants) are absent. The
+    model's nodes must be in topological order (onnxcam.graph.load sorts them)."""
+    types = _elem_types(model.graph)
     idom: dict[str, str | None] = {root: None}
     depth = {root: 0}
 
@@ -27,8 +33,10 @@ def dominators(nodes: Sequence[onnx.NodeProto], root: str) -> dict[str, str | No
                 b = idom[b]  # type: ignore[assignment]
         return a
 
-    for node in nodes:
-        preds = [name for name in node.input if name in idom]
+    for node in model.graph.node:
+        preds = [name for name in node.input if name in idom and types.get(name, _FLOAT) in FLOAT_TYPES]
+        if not preds:
+            preds = [name for name in node.input if name in idom]  # shape arithmetic itself: keep it reachable
         if not preds:
             continue
         common = preds[0]
@@ -48,3 +56,14 @@ def dominator_chain(name: str, idom: dict[str, str | None]) -> list[str]:
     while idom.get(chain[-1]) is not None:
         chain.append(idom[chain[-1]])  # type: ignore[arg-type]
     return chain
+
+
+def value_ancestors(model: onnx.ModelProto, name: str) -> set[str]:
+    """The float tensors `name` is computed from along paths of values (not through shape arithmetic), itself
+    included."""
+    types = _elem_types(model.graph)
+    needed = {name}
+    for node in reversed(model.graph.node):
+        if any(out in needed for out in node.output):
+            needed.update(i for i in node.input if i and types.get(i, _FLOAT) in FLOAT_TYPES)
+    return needed

@@ -496,3 +496,22 @@ def _run_dim(sizes: list[int], batch: str) -> int | str | None:
     if len(sizes) == 2 and sizes[1] == 2 * sizes[0]:
         return batch if sizes[0] == 1 else f"{sizes[0]}*{batch}"
     return None
+
+
+def at_input_size(model: ModelProto, image: str, size: tuple[int, int], layout: str = "NCHW") -> ModelProto:
+    """A copy of a loaded model whose image input is fixed to batch 1 and `size` (H, W), with the shapes that
+    follow inferred again: exports with dynamic sizes (Ultralytics' dynamic=True, most detectors) then have
+    static sizes everywhere, for graph facts that need them (the rows of each detection scale)."""
+    fixed = ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name != image:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        axes = (0, 2, 3) if layout == "NCHW" else (0, 1, 2)
+        for axis, size_value in zip(axes, (1, *size)):
+            if axis < len(dims):
+                dims[axis].Clear()
+                dims[axis].dim_value = int(size_value)
+    del fixed.graph.value_info[:]
+    return _complete_by_run(_infer_shapes(fixed))

@@ -22,12 +22,11 @@ import onnx
 from onnxcam.graph.autodiff import ancestors
 from onnxcam.graph.builder import Shape, _static_shapes
 from onnxcam.graph.catalogue import TensorInfo, catalogue
-from onnxcam.graph.dominators import dominator_chain, dominators
+from onnxcam.graph.dominators import dominator_chain, dominators, value_ancestors
+from onnxcam.graph.load import at_input_size
 
 # Ops that pick some rows of their input: after one of these, rows no longer map to the concatenated scales.
 _ROW_SELECTIONS = {"TopK", "NonMaxSuppression", "GatherElements", "GatherND"}
-# Ops with learned weights: a head's depth is counted in these.
-_LEARNED = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"}
 
 
 @dataclass(frozen=True)
@@ -59,11 +58,20 @@ def detection_scales(model: onnx.ModelProto, output: str, infos: list[TensorInfo
     """The scales whose concatenated predictions make the rows of `output` (one image: boxes x attributes either
     way round), finest first as the rows run; [] when the rows do not come from several feature maps.
 
-    input_hw: the image's (H, W) for the strides (default: the image input's static size).
+    input_hw: the image's (H, W), for the strides and, when the model's sizes are dynamic, to fix them (default:
+    the image input's static size).
     """
     infos = catalogue(model) if infos is None else infos
     shapes = _static_shapes(model.graph)
     rows = _row_count(shapes.get(output))
+    image_info = next((t for t in infos if not t.op_type and t.layout), None)
+    if input_hw is not None and image_info is not None and image_info.layout is not None and \
+            not all(isinstance(d, int) for d in image_info.shape or (None,)):
+        # dynamic sizes: the same graph at this input size (tensor names stay, so the answer holds for `model`)
+        model = at_input_size(model, image_info.name, input_hw, image_info.layout)
+        infos = catalogue(model)
+        shapes = _static_shapes(model.graph)
+        rows = _row_count(shapes.get(output))
     if rows is None:
         return []
     input_hw = input_hw or _input_size(infos)
@@ -73,13 +81,13 @@ def detection_scales(model: onnx.ModelProto, output: str, infos: list[TensorInfo
     image = next((t.name for t in infos if not t.op_type and t.layout), None)
     if image is None:
         return []
-    idom = dominators(nodes, image)
+    idom = dominators(model, image)
     for node in reversed(nodes):  # the concat nearest the output first
         if node.op_type != "Concat" or node.output[0] not in needed or len(node.input) < 2:
             continue
         if _selected_between(nodes, node.output[0], output):
             continue
-        scales = _concat_scales(node, nodes, shapes, spatial, rows, input_hw, idom)
+        scales = _concat_scales(model, node, shapes, spatial, rows, input_hw, idom)
         if scales:
             return scales
     return []
@@ -129,7 +137,7 @@ def _selected_between(nodes: list[onnx.NodeProto], start: str, end: str) -> bool
     return False
 
 
-def _concat_scales(concat: onnx.NodeProto, nodes: list[onnx.NodeProto], shapes: dict[str, Shape],
+def _concat_scales(model: onnx.ModelProto, concat: onnx.NodeProto, shapes: dict[str, Shape],
                    spatial: dict[str, TensorInfo], rows: int,
                    input_hw: tuple[int, int] | None, idom: dict[str, str | None]) -> list[Scale]:
     axis = next((int(a.i) for a in concat.attribute if a.name == "axis"), 0)
@@ -141,7 +149,7 @@ def _concat_scales(concat: onnx.NodeProto, nodes: list[onnx.NodeProto], shapes: 
         lengths.append(int(shape[axis % len(shape)]))  # type: ignore[arg-type]
     if sum(lengths) != rows or any(name not in idom for name in concat.input):
         return []
-    features = _head_inputs(nodes, list(concat.input), idom)
+    features = _head_inputs(model, list(concat.input), idom)
     if features is None:
         return []
     scales: list[Scale] = []
@@ -157,33 +165,33 @@ def _concat_scales(concat: onnx.NodeProto, nodes: list[onnx.NodeProto], shapes: 
     return scales
 
 
-def _head_inputs(nodes: list[onnx.NodeProto], sources: list[str], idom: dict[str, str | None]) -> list[str] | None:
+def _head_inputs(model: onnx.ModelProto, sources: list[str], idom: dict[str, str | None]) -> list[str] | None:
     """The tensor each per-scale head starts from, one per concatenated input (None if the heads do not match).
 
     Walking back from a concatenated input along its dominators (tensors every path from the image passes), the
     head of a scale ends where its chain meets a tensor another scale also depends on: there the neck hands this
-    scale's feature map to its head (and, in an FPN or PAN, to the neighbouring scale). The last scale of the
-    chain has no such point (its feature map feeds no other scale), so its head is taken as deep, in
-    convolutions, as the others'.
+    scale's feature map to its head (and, in an FPN or PAN, to the neighbouring scale). The scale at the end of
+    the neck has no such point (its feature map feeds no other scale, its chain meets the others only inside the
+    neck); the heads being alike, every head starts as many dominators back as the shortest such walk, at
+    tensors made by the same op.
     """
     chains = [dominator_chain(name, idom) for name in sources]
-    reads = [ancestors(nodes, name) for name in sources]
-    producer = {o: node.op_type for node in nodes for o in node.output}
+    reads = [value_ancestors(model, name) for name in sources]
     depths = []
     for i, chain in enumerate(chains):
         others = set().union(*(r for j, r in enumerate(reads) if j != i))
         shared = next((k for k, name in enumerate(chain) if name in others), None)
         if shared is not None:
-            depths.append(sum(producer.get(name) in _LEARNED for name in chain[:shared]))
-    if not depths or min(depths) == 0:
+            depths.append(shared)
+    if not depths:
         return None
-    depth = min(depths)
-    features = []
-    for chain in chains:
-        passed = [k for k, name in enumerate(chain) if producer.get(name) in _LEARNED]
-        if len(passed) < depth or passed[depth - 1] + 1 >= len(chain):
-            return None
-        features.append(chain[passed[depth - 1] + 1])
+    depth = min(depths)  # the end of the neck meets the others further back, in the neck itself
+    if depth == 0 or any(len(chain) <= depth for chain in chains):
+        return None
+    features = [chain[depth] for chain in chains]
+    producer = {o: node.op_type for node in model.graph.node for o in node.output}
+    if len({producer.get(name) for name in features}) != 1:
+        return None
     return features
 
 
