@@ -342,3 +342,30 @@ def test_nudenet_detector(tmp_path_factory: pytest.TempPathFactory) -> None:
         old_default = "/model.22/cv3.2/cv3.2.1/act/Mul_output_0"
         res = onnxcam.gradients(path, x, layers=[old_default], targets=fine.seed(out)[None])
         assert not res.gradients[old_default].any()
+
+
+# --- an anchor-based head (YOLOv5's output convention) --------------------------------------------------------------
+def test_anchor_based_head_rows_and_cells() -> None:
+    """models/multiscale/anchor_yolo.onnx: three anchors per cell, rows boxes-first with objectness. Each row's
+    gradient at its scale's feature map sits at exactly the cell `Scale.cell` names (the head is a 1x1 conv)."""
+    path = ROOT / "models" / "multiscale" / "anchor_yolo.onnx"
+    scales = _scales(path)
+    assert [(s.start, s.stop, s.grid, s.anchors) for s in scales] == [
+        (0, 768, (16, 16), 3), (768, 960, (8, 8), 3), (960, 1008, (4, 4), 3)]
+    assert [s.feature.split("/")[1] for s in scales] == ["lat3", "out4", "out5"]  # the neck's outputs
+    ex = onnxcam.Explainer(path, providers=["CPUExecutionProvider"])
+    x = _image(6)
+    out = ex.outputs(x)[0]
+    layout = ex.detection_layout(out.shape)
+    assert (layout.attributes_first, layout.objectness) == (False, True)
+    features = [s.feature for s in scales]
+    for s in scales:
+        for row in (s.start, s.start + 37, s.stop - 1):
+            target = DetectionTarget(row, layout=layout).bind(out)
+            res = onnxcam.gradients(path, x, layers=features, targets=target.seed(out)[None])
+            grad = np.abs(res.gradients[s.feature][0]).sum(axis=0)
+            _, y, x_cell = s.cell(row)
+            assert grad[y, x_cell] > 0 and np.count_nonzero(grad) == 1, f"row {row}: gradient not at cell {y, x_cell}"
+            assert all(not res.gradients[f].any() for f in features[features.index(s.feature) + 1:])
+    layer_gradients(path, x, features, seed=DetectionTarget(800, layout=layout).bind(out).seed(out)[None],
+                    zero_allowed=features[2:])
