@@ -56,6 +56,8 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
         # Inputs keep their layout whatever their dtype: uint8 images are images too.
         image_hint = layout_hint if layout_hint in ("NCHW", "NHWC") else None
         layout = _layout(shape, image_hint) if is_float or not op_type else None
+        if layout is not None and op_type and not _plausible_grid(shape, layout, image):
+            layout = None
         if layout is None and is_float and op_type and shape is not None:
             # transformers: token tensors (B x T x C, B x C x T) and Swin's channels-last grids
             layout = _token_layout(shape, layout_hint, next((i for i in infos if i.layout and not i.op_type), None))
@@ -63,9 +65,11 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
         infos.append(TensorInfo(name, op_type, node_name, shape, is_float, layout))
 
     weights = {t.name for t in graph.initializer}
+    image: TensorInfo | None = None
     for value in graph.input:
         if value.name not in weights:
             add(value.name, "", "", guess_layout(shapes.get(value.name)))
+            image = image or (infos[-1] if infos[-1].layout else None)
     for node in graph.node:
         hint = _layout_hint(node, layouts)
         for out in node.output:
@@ -101,6 +105,24 @@ def _token_layout(shape: Shape, hint: str | None, image: TensorInfo | None) -> s
     if len(shape) == 4 and hint is None and tokens.grid_nhwc(shape, input_hw, image.shape[0]):
         return "NHWC"
     return None
+
+
+# How much the strides of a feature map's two axes may differ (in input pixels per cell): a map made by a
+# network's convolutions shrinks both axes alike; a box tensor reshaped for a Conv (YOLOv8's DFL: 4 x boxes) does not.
+_MAX_STRIDE_RATIO = 8
+
+
+def _plausible_grid(shape: Shape | None, layout: str, image: TensorInfo | None) -> bool:
+    """Whether a rank-4 tensor's h x w can be a grid over the image input (unknown sizes: yes)."""
+    if image is None or image.shape is None or shape is None:
+        return True
+    size = image.shape[2:4] if image.layout == "NCHW" else image.shape[1:3]
+    grid = shape[2:4] if layout == "NCHW" else shape[1:3]
+    dims = [d for d in (*size, *grid) if isinstance(d, int) and d > 0]
+    if len(dims) != 4:
+        return True
+    strides = [dims[0] / dims[2], dims[1] / dims[3]]
+    return max(strides) / min(strides) <= _MAX_STRIDE_RATIO
 
 
 def _layout(shape: Shape | None, hint: str | None) -> str | None:
