@@ -390,7 +390,8 @@ def instance_mask(coefficients: np.ndarray, prototypes: np.ndarray, box: Sequenc
                   input_hw: tuple[int, int]) -> np.ndarray:
     """The boolean (H, W) mask of one instance of an instance-segmentation model (YOLOv8-seg style): the
     prototypes (P, h, w) combined with the detection's P coefficients, resized to the input (bilinear), kept inside
-    its box (input pixels), where the mask logit is positive (sigmoid > 0.5)."""
+    its box (input pixels: pixel i is in when x0 <= i < x1), where the mask logit is positive (sigmoid > 0.5). This
+    is Ultralytics' full-resolution mask (`retina_masks`: resize, then crop), in the model input's pixels."""
     import cv2
 
     prototypes = np.asarray(prototypes, np.float32)
@@ -401,8 +402,8 @@ def instance_mask(coefficients: np.ndarray, prototypes: np.ndarray, box: Sequenc
     logits = np.tensordot(coefficients, prototypes, axes=1)
     height, width = int(input_hw[0]), int(input_hw[1])
     logits = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
-    rows, cols = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
-    inside = (cols >= box[0]) & (cols <= box[2]) & (rows >= box[1]) & (rows <= box[3])
+    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]  # pixel i spans [i, i + 1)
+    inside = (cols >= box[0]) & (cols < box[2]) & (rows >= box[1]) & (rows < box[3])
     return np.asarray((logits > 0) & inside)
 
 

@@ -255,8 +255,8 @@ def test_instance_masks_from_prototypes() -> None:
     assert mask.shape == (128, 128) and mask.dtype == bool
     x0, y0, x1, y1 = best.box
     rows_in, cols_in = np.nonzero(mask)
-    assert (cols_in + 0.5 >= x0).all() and (cols_in + 0.5 <= x1).all()
-    assert (rows_in + 0.5 >= y0).all() and (rows_in + 0.5 <= y1).all()
+    assert (cols_in >= x0).all() and (cols_in < x1).all()
+    assert (rows_in >= y0).all() and (rows_in < y1).all()
     logits = np.tensordot(coefficients, prototypes[0], axes=1)  # at the prototypes' 32 x 32: 4 input pixels each
     whole = instance_mask(coefficients, prototypes[0], (0, 0, 128, 128), (128, 128))
     assert abs(whole.mean() - (logits > 0).mean()) < 0.05
@@ -369,3 +369,29 @@ def test_anchor_based_head_rows_and_cells() -> None:
             assert all(not res.gradients[f].any() for f in features[features.index(s.feature) + 1:])
     layer_gradients(path, x, features, seed=DetectionTarget(800, layout=layout).bind(out).seed(out)[None],
                     zero_allowed=features[2:])
+
+
+def test_instance_masks_match_ultralytics() -> None:
+    """Against Ultralytics' own full-resolution mask decoding (ultralytics.utils.ops.process_mask_native), run in
+    the export venv: `/work/venvs/ultra/bin/python -m pytest tests/test_detect_scales.py -k ultralytics`."""
+    pytest.importorskip("ultralytics")
+    import onnxruntime as ort
+    import torch
+    from ultralytics.utils import ops
+
+    path = ULTRALYTICS / "yolov8n-seg.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out, prototypes = session.run(None, {"images": _image(7)})
+    layout = detection_layout(out.shape[1:], model_metadata(onnx.load(str(path))))
+    rows = layout.rows(out[0])
+    found = decode(out[0], layout)
+    chosen = [int(i) for i in np.argsort(-found.scores)[:5]] + [3, 300, 40]
+    boxes = np.clip(found.boxes[chosen], 0, 128)  # Ultralytics clips boxes to the image before cropping
+    # random weights predict image-sized boxes: crop with fractional ones too
+    boxes[-3:] = [[10.3, 20.7, 70.2, 90.9], [0.5, 64.0, 127.5, 100.49], [33.0, 1.2, 34.8, 120.0]]
+    coefficients = rows[chosen][:, layout.extra_columns(rows.shape[1])]
+    theirs = ops.process_mask_native(torch.from_numpy(prototypes[0]), torch.from_numpy(coefficients),
+                                     torch.from_numpy(boxes.astype(np.float32)), (128, 128)).numpy() > 0
+    ours = np.stack([instance_mask(c, prototypes[0], b, (128, 128)) for c, b in zip(coefficients, boxes)])
+    assert ours.shape == theirs.shape
+    assert (ours != theirs).mean() < 1e-3, f"{(ours != theirs).sum()} pixels differ"
