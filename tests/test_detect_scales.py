@@ -395,3 +395,42 @@ def test_instance_masks_match_ultralytics() -> None:
     ours = np.stack([instance_mask(c, prototypes[0], b, (128, 128)) for c, b in zip(coefficients, boxes)])
     assert ours.shape == theirs.shape
     assert (ours != theirs).mean() < 1e-3, f"{(ours != theirs).sum()} pixels differ"
+
+
+@pytest.mark.parametrize(("family", "source"), [("v5", "yolov5.yaml"), ("v9", "yolov9t.yaml"),
+                                                ("v10", "yolov10n.yaml"), ("11", "yolo11.yaml"),
+                                                ("26", "yolo26.yaml")])
+def test_other_ultralytics_families(family: str, source: str, tmp_path: Path) -> None:
+    """YOLOv5u, v9, v10, 11 and 26 detectors exported afresh (Ultralytics installed: the export venv): three
+    scales, and the rows of the finest have no gradient at the coarser maps."""
+    pytest.importorskip("ultralytics")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ultralytics_export", ULTRALYTICS / "export.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.forbid_network()
+    path = module.export("detect", tmp_path, out=tmp_path, family=family, source=source, target=f"{family}.onnx")
+    assert not module._attempts
+    model = load_model(path)
+    end2end = ultralytics_info(model_metadata(model)).end2end  # type: ignore[union-attr]
+    scales = detection_scales(model, "output0", selected=end2end)
+    assert [(s.start, s.stop, s.stride) for s in scales] == [(0, 256, (8, 8)), (256, 320, (16, 16)),
+                                                             (320, 336, (32, 32))]
+    x = _image(8)
+    ex = onnxcam.Explainer(path, providers=["CPUExecutionProvider"])
+    out = ex.outputs(x)[0]
+    layout = ex.detection_layout(out.shape)
+    assert layout.classes == len(SHAPES) and layout.post_nms == end2end
+    features = [s.feature for s in scales]
+    if end2end:  # rows are the 300 best candidates: the best one's gradient reaches its own scale
+        target = detection_targets(out, layout)[0]
+        res = onnxcam.gradients(path, x, layers=features, targets=target.seed(out)[None])
+        assert any(res.gradients[f].any() for f in features)
+        return
+    row = int(np.argmax(decode(out, layout).scores[:256]))
+    target = DetectionTarget(row, layout=layout).bind(out)
+    res = onnxcam.gradients(path, x, layers=features, targets=target.seed(out)[None])
+    assert res.gradients[features[0]].any()
+    assert not res.gradients[features[1]].any() and not res.gradients[features[2]].any()

@@ -53,23 +53,31 @@ def labels() -> list[str]:
     return (HERE.parent / "shapes_labels.txt").read_text().split()
 
 
-def export(task: str, folder: Path) -> Path:
+def export(task: str, folder: Path, out: Path = HERE, family: str = "v8", source: str | None = None,
+           target: str | None = None) -> Path:
+    """Build `task`'s model from Ultralytics' yaml `family/source` (default: YOLOv8's) at the small width, export
+    it in `folder`, copy it to `out/target`."""
+    import torch
     import ultralytics
     import yaml
     from ultralytics import YOLO
 
-    source, target = MODELS[task]
-    spec = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg" / "models" / "v8" / source).read_text())
-    spec["scales"] = {"n": [DEPTH, WIDTH, 1024]}
+    source = source or MODELS[task][0]
+    target = target or MODELS[task][1]
+    spec = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg" / "models" / family / source).read_text())
+    if "scales" in spec:  # keep the family's depth and channel cap, narrow it
+        depth, _, cap = spec["scales"].get("n") or next(iter(spec["scales"].values()))
+        spec["scales"] = {"n": [depth, WIDTH, cap]}
     names = ["person"] if task == "pose" else labels()
     spec["nc"] = len(names)
-    config = folder / source.replace("yolov8", "yolov8n")  # the "n" in the name picks the scale above
+    config = folder / f"{Path(target).stem.split('-')[0].rstrip('n')}n-{task}.yaml"  # "n" picks the scale above
     config.write_text(yaml.safe_dump(spec))
+    torch.manual_seed(0)  # Ultralytics' initialisation draws from torch's generator: same seed, same weights
     model = YOLO(str(config), task=task)
     model.model.names = dict(enumerate(names))
     exported = model.export(format="onnx", imgsz=IMGSZ, batch=1, dynamic=False, simplify=False, nms=False,
                             half=False, device="cpu", verbose=False)
-    path = HERE / target
+    path = out / target
     shutil.copyfile(exported, path)
     return path
 

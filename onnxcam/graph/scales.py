@@ -54,9 +54,13 @@ class Scale:
 
 
 def detection_scales(model: onnx.ModelProto, output: str, infos: list[TensorInfo] | None = None,
-                     input_hw: tuple[int, int] | None = None) -> list[Scale]:
+                     input_hw: tuple[int, int] | None = None, selected: bool = False) -> list[Scale]:
     """The scales whose concatenated predictions make the rows of `output` (one image: boxes x attributes either
     way round), finest first as the rows run; [] when the rows do not come from several feature maps.
+
+    selected: also when the rows of `output` are picked from the concatenated candidates (TopK in NMS-free
+    end-to-end heads such as YOLOv10's, NMS in the graph): the scales' rows then index those candidates, and
+    which scale an output row came from is known only at run time (its gradient reaches that scale's map).
 
     input_hw: the image's (H, W), for the strides and, when the model's sizes are dynamic, to fix them (default:
     the image input's static size).
@@ -85,9 +89,10 @@ def detection_scales(model: onnx.ModelProto, output: str, infos: list[TensorInfo
     for node in reversed(nodes):  # the concat nearest the output first
         if node.op_type != "Concat" or node.output[0] not in needed or len(node.input) < 2:
             continue
-        if _selected_between(nodes, node.output[0], output):
+        picked = _selected_between(nodes, node.output[0], output)
+        if picked and not selected:
             continue
-        scales = _concat_scales(model, node, shapes, spatial, rows, input_hw, idom)
+        scales = _concat_scales(model, node, shapes, spatial, None if picked else rows, input_hw, idom)
         if scales:
             return scales
     return []
@@ -138,8 +143,10 @@ def _selected_between(nodes: list[onnx.NodeProto], start: str, end: str) -> bool
 
 
 def _concat_scales(model: onnx.ModelProto, concat: onnx.NodeProto, shapes: dict[str, Shape],
-                   spatial: dict[str, TensorInfo], rows: int,
+                   spatial: dict[str, TensorInfo], rows: int | None,
                    input_hw: tuple[int, int] | None, idom: dict[str, str | None]) -> list[Scale]:
+    """The scales of one Concat, if its inputs are the flattened predictions of several feature maps making
+    `rows` rows (None: any number, for candidates that a selection picks from)."""
     axis = next((int(a.i) for a in concat.attribute if a.name == "axis"), 0)
     lengths = []
     for name in concat.input:
@@ -147,7 +154,7 @@ def _concat_scales(model: onnx.ModelProto, concat: onnx.NodeProto, shapes: dict[
         if shape is None or not shape or not isinstance(shape[axis % len(shape)], int):
             return []
         lengths.append(int(shape[axis % len(shape)]))  # type: ignore[arg-type]
-    if sum(lengths) != rows or any(name not in idom for name in concat.input):
+    if (rows is not None and sum(lengths) != rows) or any(name not in idom for name in concat.input):
         return []
     features = _head_inputs(model, list(concat.input), idom)
     if features is None:
