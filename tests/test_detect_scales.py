@@ -434,3 +434,21 @@ def test_other_ultralytics_families(family: str, source: str, tmp_path: Path) ->
     res = onnxcam.gradients(path, x, layers=features, targets=target.seed(out)[None])
     assert res.gradients[features[0]].any()
     assert not res.gradients[features[1]].any() and not res.gradients[features[2]].any()
+
+
+def test_nms_inside_the_graph(tmp_path: Path) -> None:
+    """An Ultralytics export with NMS inside (nms=True): onnxcam explains the raw predictions before it, and their
+    rows still split into the three scales (the exposed tensor is declared by rank only; its sizes are known)."""
+    pytest.importorskip("ultralytics")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ultralytics_export", ULTRALYTICS / "export.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.forbid_network()
+    path = module.export("detect", tmp_path, out=tmp_path, target="nms.onnx", nms=True)
+    ex = onnxcam.Explainer(path, providers=["CPUExecutionProvider"])
+    assert ex.notes and "NonMaxSuppression" in ex.notes[0]
+    scales = detection_scales(ex.model, ex.output)
+    assert [(s.start, s.stop) for s in scales] == [(0, 256), (256, 320), (320, 336)]

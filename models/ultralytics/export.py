@@ -54,9 +54,9 @@ def labels() -> list[str]:
 
 
 def export(task: str, folder: Path, out: Path = HERE, family: str = "v8", source: str | None = None,
-           target: str | None = None) -> Path:
+           target: str | None = None, nms: bool = False) -> Path:
     """Build `task`'s model from Ultralytics' yaml `family/source` (default: YOLOv8's) at the small width, export
-    it in `folder`, copy it to `out/target`."""
+    it in `folder` (with NMS inside the graph when `nms`), copy it to `out/target`."""
     import torch
     import ultralytics
     import yaml
@@ -75,7 +75,7 @@ def export(task: str, folder: Path, out: Path = HERE, family: str = "v8", source
     torch.manual_seed(0)  # Ultralytics' initialisation draws from torch's generator: same seed, same weights
     model = YOLO(str(config), task=task)
     model.model.names = dict(enumerate(names))
-    exported = model.export(format="onnx", imgsz=IMGSZ, batch=1, dynamic=False, simplify=False, nms=False,
+    exported = model.export(format="onnx", imgsz=IMGSZ, batch=1, dynamic=False, simplify=False, nms=nms,
                             half=False, device="cpu", verbose=False)
     path = out / target
     shutil.copyfile(exported, path)

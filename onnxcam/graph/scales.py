@@ -67,7 +67,7 @@ def detection_scales(model: onnx.ModelProto, output: str, infos: list[TensorInfo
     """
     infos = catalogue(model) if infos is None else infos
     shapes = _static_shapes(model.graph)
-    rows = _row_count(shapes.get(output))
+    rows = _row_count(_known_shape(model, output))
     image_info = next((t for t in infos if not t.op_type and t.layout), None)
     if input_hw is not None and image_info is not None and image_info.layout is not None and \
             not all(isinstance(d, int) for d in image_info.shape or (None,)):
@@ -75,7 +75,7 @@ def detection_scales(model: onnx.ModelProto, output: str, infos: list[TensorInfo
         model = at_input_size(model, image_info.name, input_hw, image_info.layout)
         infos = catalogue(model)
         shapes = _static_shapes(model.graph)
-        rows = _row_count(shapes.get(output))
+        rows = _row_count(_known_shape(model, output))
     if rows is None:
         return []
     input_hw = input_hw or _input_size(infos)
@@ -120,6 +120,17 @@ def _row_count(shape: Shape | None) -> int | None:
     if shape is None or len(shape) != 3 or not all(isinstance(d, int) for d in shape[1:]):
         return None
     return max(int(shape[1]), int(shape[2]))  # type: ignore[arg-type]
+
+
+def _known_shape(model: onnx.ModelProto, name: str) -> Shape | None:
+    """The most specific shape recorded for `name`: a tensor exposed as an output (onnxcam's raw predictions
+    before NMS) is declared there by rank only, while its value_info keeps the sizes."""
+    known = []
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        if value.name == name and value.type.tensor_type.HasField("shape"):
+            known.append(tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                               for d in value.type.tensor_type.shape.dim))
+    return max(known, key=lambda s: sum(isinstance(d, int) for d in s), default=None)
 
 
 def _input_size(infos: list[TensorInfo]) -> tuple[int, int] | None:
