@@ -448,7 +448,10 @@ def _incomplete(dims: list[int | str | None] | None, symbols: set[str]) -> bool:
 
 
 def _after_data_dependent(graph: onnx.GraphProto) -> set[str]:
-    tainted: set[str] = set()
+    """Tensors whose sizes can change with the values fed: after data-dependent ops, or computed from inputs that
+    are no images (integers, scalars or vectors: axes, sizes, scales or indices given at run time)."""
+    tainted = {v.name for v in graph.input if v.type.tensor_type.elem_type not in FLOAT_TYPES
+               or len(_dims(v) or ()) < 3}
     for node in graph.node:
         if node.op_type in _DATA_DEPENDENT or any(i in tainted for i in node.input):
             tainted.update(o for o in node.output if o)
