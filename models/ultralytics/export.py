@@ -18,6 +18,7 @@ told it is offline (YOLO_OFFLINE) and sockets are refused, so nothing can be dow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -73,19 +74,19 @@ def export(task: str, folder: Path, out: Path = HERE, family: str = "v8", source
     config = folder / f"{Path(target).stem.split('-')[0].rstrip('n')}n-{task}.yaml"  # "n" picks the scale above
     config.write_text(yaml.safe_dump(spec))
     torch.manual_seed(0)  # Ultralytics' initialisation draws from torch's generator: same seed, same weights
-    model = YOLO(str(config), task=task)
-    model.model.names = dict(enumerate(names))
-    exported = model.export(format="onnx", imgsz=IMGSZ, batch=1, dynamic=False, simplify=False, nms=nms,
-                            half=False, device="cpu", verbose=False)
-    path = out / target
-    shutil.copyfile(exported, path)
+    with contextlib.chdir(folder):  # Ultralytics writes the export (and may make folders) in the working directory
+        model = YOLO(str(config), task=task)
+        model.model.names = dict(enumerate(names))
+        exported = model.export(format="onnx", imgsz=IMGSZ, batch=1, dynamic=False, simplify=False, nms=nms,
+                                half=False, device="cpu", verbose=False)
+        path = out / target
+        shutil.copyfile(exported, path)
     return path
 
 
 def main() -> None:
     forbid_network()
     with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)  # Ultralytics writes its exports beside the yaml and may create folders in the cwd
         for task in MODELS:
             path = export(task, Path(tmp))
             print(f"{task}: {path} ({path.stat().st_size / 1e6:.2f} MB)")
