@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxcam.errors import GradientError, InputError, LayerError
+from onnxcam.errors import GradientError, InputError, LayerError, OnnxcamError
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.dense import nms_classes, prefer_pre_nms, selection_nodes, shared_head_input
 from onnxcam.graph.head import SCALE, biased_outputs, extract_head, linear_head_weights, pooled_channels
@@ -22,6 +22,7 @@ from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.names import ModuleMap, enclosing_module, module_map, module_path, resolve_layer
 from onnxcam.graph.reverse.model import check_tensors, expose, image_input
 from onnxcam.graph.reverse.relevance import LrpOptions
+from onnxcam.graph.scales import Scale, detection_scales
 from onnxcam.graph.topo import static_shapes
 from onnxcam.images import Preprocessing, blank_input, model_labels, model_metadata, resolve_preprocessing
 from onnxcam.methods import METHODS, Evidence, Method
@@ -32,11 +33,12 @@ from onnxcam.targets import (
     DetectionLayout,
     Target,
     categories,
-    guess_detection_layout,
+    detection_layout,
     guess_task,
     is_target_objects,
     resolve_targets,
     seeds,
+    ultralytics_info,
 )
 from onnxcam.tokens import TOKEN_LAYOUTS, TokenOptions, TokenView, check_batch, runtime_layout, token_view
 
@@ -62,16 +64,20 @@ class ModelView:
         self.output_option, self.probabilities = output, probabilities
         self.layers = [t.name for t in self.tensors if t.spatial and t.op_type]
         self.default_layer = default_layer(self.model, self.score, self.tensors)
-        if self.task in ("segment", "detect"):  # the last spatial map is the class head itself: take the input
-            # that every head (every scale of a multi-scale detector) depends on
-            self.default_layer = shared_head_input(self.model, self.score, self.tensors) or self.default_layer
-        self.layer = self.resolve_layers(layer) or [self.default_layer]
         self.providers = choose_providers(device, providers)
         self.input_name = image_input(self.model)
         info = next(t for t in self.tensors if t.name == self.input_name)
         self.input_shape = info.shape
         self.input_layout = info.layout or "NCHW"
         self.layouts = {t.name: t.layout for t in self.tensors}
+        self.scales: list[Scale] = []
+        if self.task == "detect":  # a multi-scale head: its per-scale feature maps, one combined map
+            self.scales = self._detection_scales()
+        if self.task in ("segment", "detect"):  # the last spatial map is the class head itself: take the input
+            # that every head (every scale of a multi-scale detector) depends on
+            self.default_layer = shared_head_input(self.model, self.score, self.tensors) or self.default_layer
+        self.default_layers = [s.feature for s in self.scales] or [self.default_layer]
+        self.layer = self.resolve_layers(layer) or self.default_layers
         self.sessions: dict[Any, Any] = {}
         self._preprocessing: Preprocessing | None = None
         value = next(i for i in self.model.graph.input if i.name == self.input_name)
@@ -79,6 +85,21 @@ class ModelView:
             value.type.tensor_type.elem_type, "tensor(float)")
 
     # --- facts ----------------------------------------------------------------------------------------------------
+    def _detection_scales(self) -> list[Scale]:
+        """The per-scale features of a detector whose rows come from several feature maps (YOLO's three strides),
+        each map made on its own and averaged (so a detection from any scale gets its own map); [] otherwise."""
+        shape = self.input_shape or ()
+        meta = ultralytics_info(model_metadata(self.model))
+        hw: tuple[int, int] | None = None
+        if not all(isinstance(d, int) for d in shape[1:]) and meta is not None and meta.imgsz:
+            hw = meta.imgsz  # a dynamic export: its training size
+        selected = meta is not None and meta.end2end or any(n.op_type in ("NonMaxSuppression", "TopK")
+                                                            for n in self.model.graph.node)
+        try:
+            return detection_scales(self.model, self.output, self.tensors, hw, selected=bool(selected))
+        except OnnxcamError:
+            return []
+
     def resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
         """Tensor names for what the user named: tensors, or PyTorch module paths the exporter recorded
         ("layer4.1", pytorch-grad-cam's "layer4[-1]"), each resolved to the module's output tensor."""
@@ -155,7 +176,7 @@ class ModelView:
         has_nms = any(n.op_type == "NonMaxSuppression" for n in self.model.graph.node)
         post_nms = bool(selection_nodes(self.model, self.output)) if has_nms else None  # known from the graph
         classes = len(labels) if labels else nms_classes(self.model) if has_nms else None
-        return guess_detection_layout(shape, classes, model_metadata(self.model).get("detection"), post_nms)
+        return detection_layout(shape, model_metadata(self.model), classes, post_nms)
 
     def check(self, x: Any) -> np.ndarray:
         array = check_input(x, self.input_name, self.input_shape, self.input_type)

@@ -130,11 +130,11 @@ class Explainer:
         spec = get_method(method)
         method_options = spec.accepts(options)
         layers = self.layer if layer is None else self.view.resolve_layers(layer)
-        x = self.view.check(x)
+        x = np.asarray(x)
         targets = self._by_name(targets)
         self._check_method(spec, targets, aug_smooth)
-        parts = [self._explain_part(x[s], spec, _slice_targets(targets, s, len(x)), layers, aug_smooth, eigen_smooth,
-                                    method_options) for s in self._slices(len(x))]
+        parts = [self._explain_part(self.view.check(x[s]), spec, _slice_targets(targets, s, len(x)), layers,
+                                    aug_smooth, eigen_smooth, method_options) for s in self._slices(len(x))]
         if len(parts) == 1:
             return parts[0]
         maps, scores, chosen = zip(*parts)
