@@ -32,9 +32,9 @@ from onnxcam.errors import InputError, LayerError
 from onnxcam.evaluate import find_images, read_label_rows
 from onnxcam.explainer import Explainer
 from onnxcam.graph.autodiff import ancestors
-from onnxcam.graph.load import ModelSource, load_model
+from onnxcam.graph.load import ModelSource
 from onnxcam.images import model_labels, preprocess, read_image, read_labels
-from onnxcam.runtime import model_key
+from onnxcam.runtime import model_sha256
 
 FORMAT = "onnxcam-broadcam-1"
 
@@ -226,5 +226,5 @@ def fit_options(model: ModelSource, methods: Sequence[str], fit: str | os.PathLi
         return None
     if "broadcam" not in methods:
         raise InputError("--fit is used by --method broadcam only")
-    BroadcamFit.load(fit).check_model(model_key(load_model(model)), str(model))
+    BroadcamFit.load(fit).check_model(model_sha256(model), str(model))
     return {"broadcam": {"fit": str(fit)}}

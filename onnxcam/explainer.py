@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from onnxcam.methods import Evidence, get_method
 from onnxcam.methods.fullgrad import layer_biases
 from onnxcam.methods.heads import linear_head_weights
 from onnxcam.methods.postprocess import combine, normalise
-from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
+from onnxcam.runtime import Session, cached_session, choose_providers, model_identity, model_sha256
 from onnxcam.targets import (
     CLASS_ONLY_METHODS,
     ClassifierOutputTarget,
@@ -52,6 +53,8 @@ class Explainer:
         # (onnxcam.tokens): the patch grid (h, w), how many class/distillation/register tokens, "start" or "end"
         self._token_options = TokenOptions(grid, extra_tokens, extra_tokens_at)
         self._token_views: dict[str, TokenView] = {}
+        self._source = model if isinstance(model, (str, os.PathLike)) else None
+        self.identity = model_identity(model)  # finds rewritten models in the cache (cheap for a file)
         self.model = load_model(model)
         # a detector with NMS inside: explain the raw predictions before it (notes say so)
         self.model, output, self.notes = prefer_pre_nms(self.model, output)
@@ -139,7 +142,7 @@ class Explainer:
     @functools.cached_property
     def model_id(self) -> str:
         """A content hash (sha256) of the model: files fitted to one model (BroadCAM) are refused by another."""
-        return model_key(self.model)
+        return model_sha256(self._source) if self._source is not None else self.identity.split(":", 1)[1]
 
     @functools.cached_property
     def _biases(self) -> dict[str, np.ndarray]:
@@ -249,7 +252,8 @@ class Explainer:
         key = ("relevance", tuple(layers), lrp, initial)
         if key not in self._sessions:
             self._sessions[key] = RelevanceRunner(self.model, layers, False, self._output_option, self._probabilities,
-                                                  lrp, initial, providers=self.providers, preloaded=True)
+                                                  lrp, initial, providers=self.providers, preloaded=True,
+                                                  identity=self.identity)
         result = self._sessions[key].run(x, targets)
         assert result.targets is not None
         return result.scores.reshape(len(x), -1), result.targets, result.activations, result.relevance
@@ -259,15 +263,15 @@ class Explainer:
         if key not in self._gradient_runners:
             self._gradient_runners[key] = GradientRunner(
                 self.model, list(layers), input_gradient, self._output_option, self._probabilities,
-                providers=self.providers, preloaded=True)
+                providers=self.providers, preloaded=True, identity=self.identity)
         return self._gradient_runners[key]
 
     def _forward_session(self, tensors: tuple[str, ...]) -> Session:
         key = ("forward", tensors)
         if key not in self._sessions:
             wanted = [self.score] + [t for t in tensors if t != self.score]
-            path = cached_model(model_key(self.model, "expose", wanted), lambda: expose(self.model, wanted))
-            self._sessions[key] = make_session(path, self.providers)
+            self._sessions[key] = cached_session(self.identity, ("expose", wanted), lambda: expose(self.model, wanted),
+                                                 self.providers, source=self._source)
         return self._sessions[key]
 
     def _tensors_of_fn(self, x: np.ndarray) -> Any:
@@ -332,8 +336,9 @@ class Explainer:
         key = ("head", layer, scaled)
         if key not in self._sessions:
             head = extract_head(self.model, layer, self.score, scale=scaled)
-            path = cached_model(model_key(self.model, "head", layer, self.score, scaled), lambda: head.model)
-            self._sessions[key] = (make_session(path, self.providers), head.extra_inputs)
+            session = cached_session(self.identity, ("head", layer, self.score, scaled), lambda: head.model,
+                                     self.providers, source=self._source)
+            self._sessions[key] = (session, head.extra_inputs)
         return self._sessions[key]
 
     def _input_gradients_of(self, batch: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

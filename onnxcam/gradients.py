@@ -15,7 +15,7 @@ from onnxcam.graph.builder import Shape, _static_shapes
 from onnxcam.graph.catalogue import TensorInfo, catalogue, default_layer, find_score
 from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.rewrite import GRAD_PREFIX, SCORES, SEED, check_tensors, gradient_model, image_input
-from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
+from onnxcam.runtime import Session, cached_session, choose_providers, model_identity, shared_session
 
 Targets = None | int | Sequence[int] | np.ndarray | Sequence[Any]  # Any: onnxcam.targets objects
 
@@ -34,8 +34,11 @@ class GradientRunner:
 
     def __init__(self, model: ModelSource, layers: str | Sequence[str] | None = None,
                  input_gradient: bool = False, output: str | None = None, probabilities: bool = False,
-                 providers: Sequence[str] | None = None, device: str = "auto", preloaded: bool = False) -> None:
-        # preloaded: `model` is a ModelProto that load_model already returned (skips a second normalisation)
+                 providers: Sequence[str] | None = None, device: str = "auto", preloaded: bool = False,
+                 identity: str | None = None) -> None:
+        # preloaded: `model` is a ModelProto that load_model already returned (skips a second normalisation);
+        # identity: the source's runtime.model_identity when the caller has it (the cache key of the rewrite)
+        self.identity = identity or model_identity(model)
         self.model = model if preloaded and isinstance(model, onnx.ModelProto) else load_model(model)
         self.tensors: list[TensorInfo] = catalogue(self.model)
         self.score, self.output = find_score(self.model, output, probabilities)
@@ -46,11 +49,11 @@ class GradientRunner:
         shapes = _static_shapes(self.model.graph)
         self.input_shape: Shape | None = shapes.get(self.input_name)
         self.score_shape: Shape | None = shapes.get(self.output)
-        key = model_key(self.model, "gradients", self.layers, input_gradient, output, probabilities)
-        path = cached_model(key, lambda: gradient_model(self.model, self.layers, input_gradient, output,
-                                                        probabilities).model)
         self.providers = choose_providers(device, providers)
-        self.session = make_session(path, self.providers)
+        self.session = cached_session(
+            self.identity, ("gradients", self.layers, input_gradient, output, probabilities),
+            lambda: gradient_model(self.model, self.layers, input_gradient, output, probabilities).model,
+            self.providers, source=model)
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
         # a float64 model takes a float64 seed
         self._seed_dtype = seed_dtype(self.session)
@@ -170,6 +173,11 @@ def gradients(model: ModelSource, x: np.ndarray, layers: str | Sequence[str] | N
     score w.r.t. them (and w.r.t. x with `input_gradient`), in one onnxruntime run.
 
     targets: None (predicted class per image), an int, one int per image, or a float seed array shaped like the
-    scores (the gradient of sum(seed * scores) is returned).
+    scores (the gradient of sum(seed * scores) is returned). The rewritten model's session is kept for later calls
+    with the same model and request (`onnxcam.clear_cache()` releases it): a loop pays its set-up once.
     """
-    return GradientRunner(model, layers, input_gradient, **options).run(x, targets)
+    identity = model_identity(model)
+    key = ("gradients", identity, layers if layers is None or isinstance(layers, str) else tuple(layers),
+           input_gradient, repr(sorted(options.items())))
+    runner = shared_session(key, lambda: GradientRunner(model, layers, input_gradient, identity=identity, **options))
+    return runner.run(x, targets)

@@ -15,7 +15,7 @@ from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.relevance import LrpOptions
 from onnxcam.graph.relevance_model import RELEVANCE_PREFIX, relevance_model
 from onnxcam.graph.rewrite import SCORES, SEED, check_tensors, image_input
-from onnxcam.runtime import cached_model, choose_providers, make_session, model_key
+from onnxcam.runtime import cached_session, choose_providers, model_identity, shared_session
 
 
 @dataclass
@@ -38,7 +38,9 @@ class RelevanceRunner:
     def __init__(self, model: ModelSource, layers: str | Sequence[str] | None = None,
                  input_relevance: bool = False, output: str | None = None, probabilities: bool = False,
                  options: LrpOptions | None = None, initial: str = "contrastive",
-                 providers: Sequence[str] | None = None, device: str = "auto", preloaded: bool = False) -> None:
+                 providers: Sequence[str] | None = None, device: str = "auto", preloaded: bool = False,
+                 identity: str | None = None) -> None:
+        self.identity = identity or model_identity(model)  # as in GradientRunner
         self.model = model if preloaded and isinstance(model, onnx.ModelProto) else load_model(model)
         score, self.output = find_score(self.model, output, probabilities)
         if layers is None:
@@ -51,11 +53,10 @@ class RelevanceRunner:
         shapes = _static_shapes(self.model.graph)
         self.input_shape: Shape | None = shapes.get(self.input_name)
         self.score_shape: Shape | None = shapes.get(self.output)
-        key = model_key(self.model, "relevance", self.layers, input_relevance, output, probabilities,
-                        self.options, initial)
-        path = cached_model(key, lambda: relevance_model(self.model, self.layers, input_relevance, output,
-                                                         probabilities, self.options, initial).model)
-        self.session = make_session(path, choose_providers(device, providers))
+        request = ("relevance", self.layers, input_relevance, output, probabilities, self.options, initial)
+        self.session = cached_session(self.identity, request, lambda: relevance_model(
+            self.model, self.layers, input_relevance, output, probabilities, self.options, initial).model,
+            choose_providers(device, providers), source=model)
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
         self._seed_dtype = seed_dtype(self.session)
 
@@ -87,5 +88,9 @@ def relevance(model: ModelSource, x: np.ndarray, targets: Targets = None, layers
     (a class selection; with initial="seed", the initial relevance itself). See `RelevanceRunner` for the rest.
     """
     lrp = LrpOptions(rule, alpha, beta, epsilon, bias, first_layer)
-    return RelevanceRunner(model, layers, input_relevance, options=lrp, initial=initial,
-                           **options).run(x, targets)  # type: ignore[arg-type]
+    identity = model_identity(model)  # the session is kept for later calls, as in onnxcam.gradients
+    key = ("relevance", identity, layers if layers is None or isinstance(layers, str) else tuple(layers),
+           input_relevance, lrp, initial, repr(sorted(options.items())))
+    runner = shared_session(key, lambda: RelevanceRunner(model, layers, input_relevance, options=lrp, initial=initial,
+                                                         identity=identity, **options))  # type: ignore[arg-type]
+    return runner.run(x, targets)

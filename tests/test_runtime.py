@@ -1,12 +1,16 @@
 """Provider choice and the on-disk cache of rewritten models."""
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
 from toy_models import tiny_cnn
 
 import onnxcam
 from onnxcam.errors import OnnxcamError
-from onnxcam.runtime import cache_dir, choose_providers, cuda_usable
+from onnxcam.gradients import GradientRunner
+from onnxcam.runtime import cache_dir, choose_providers, clear_cache, cuda_usable
 
 
 def test_cpu_and_explicit_providers():
@@ -25,20 +29,25 @@ def test_auto_asks_for_cuda_only_when_it_can_load():
             choose_providers("cuda")
 
 
+def _graphs(cache: Path) -> list[Path]:
+    return sorted(cache.glob("models/*/*.onnx"))
+
+
 def test_rewritten_models_are_cached_by_content(tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXCAM_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path
     x = np.random.default_rng(0).random((1, 3, 8, 8), np.float32)
     onnxcam.gradients(tiny_cnn(), x, layers="feat")
-    first = sorted(tmp_path.glob("*.onnx"))
+    first = _graphs(tmp_path)
     assert len(first) == 1
     stamp = first[0].stat().st_mtime_ns
+    clear_cache()
     onnxcam.gradients(tiny_cnn(), x, layers="feat")  # same model and request: reused, not rewritten
-    assert sorted(tmp_path.glob("*.onnx")) == first and first[0].stat().st_mtime_ns == stamp
+    assert _graphs(tmp_path) == first and first[0].stat().st_mtime_ns == stamp
     onnxcam.gradients(tiny_cnn(), x, layers="scaled")  # another request: another file
     onnxcam.gradients(tiny_cnn(classes=4), x, layers="feat")  # another model: another file
-    assert len(list(tmp_path.glob("*.onnx"))) == 3
-    assert not list(tmp_path.glob(".*tmp"))  # writes are atomic: no temporary files left
+    assert len(_graphs(tmp_path)) == 3
+    assert not list(tmp_path.rglob(".*tmp")) and not list(tmp_path.rglob(".scratch*"))  # nothing half-written
 
 
 def test_unwritable_cache_still_works(tmp_path, monkeypatch):
@@ -47,6 +56,37 @@ def test_unwritable_cache_still_works(tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXCAM_CACHE", str(blocked / "cache"))
     x = np.random.default_rng(0).random((1, 3, 8, 8), np.float32)
     assert onnxcam.gradients(tiny_cnn(), x, layers="feat").scores.shape == (1, 5)
+
+
+def test_functional_api_reuses_its_sessions(tmp_path, monkeypatch):
+    """onnxcam.gradients / onnxcam.relevance in a loop: the runner (model parse, rewrite, session) is made once
+    per model file and request; a re-exported file, another request or clear_cache() makes a new one."""
+    monkeypatch.setenv("ONNXCAM_CACHE", str(tmp_path / "cache"))
+    clear_cache()
+    path = tmp_path / "model.onnx"
+    onnx.save(tiny_cnn(), str(path))
+    x = np.random.default_rng(0).random((2, 3, 8, 8), np.float32)
+    made = []
+    original = GradientRunner.__init__
+
+    def counting(self, *args, **kwargs):  # the real constructor, counted
+        made.append(args)
+        original(self, *args, **kwargs)
+    monkeypatch.setattr(GradientRunner, "__init__", counting)
+    first = onnxcam.gradients(path, x, layers="feat")
+    again = onnxcam.gradients(str(path), x, layers="feat", targets=[1, 2])
+    assert len(made) == 1
+    np.testing.assert_array_equal(first.activations["feat"], again.activations["feat"])
+    assert again.targets.tolist() == [1, 2]
+    onnxcam.gradients(path, x, layers="scaled")
+    assert len(made) == 2
+    onnx.save(tiny_cnn(classes=4), str(path))  # re-exported: a new model
+    assert onnxcam.gradients(path, x, layers="feat").scores.shape == (2, 4) and len(made) == 3
+    clear_cache()
+    onnxcam.gradients(path, x, layers="feat")
+    assert len(made) == 4
+    relevance = [onnxcam.relevance(path, x, layers="feat") for _ in range(2)]
+    np.testing.assert_array_equal(relevance[0].relevance["feat"], relevance[1].relevance["feat"])
 
 
 def test_runtime_failures_are_one_line_errors():

@@ -315,7 +315,36 @@ def _evaluate(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
 
 
 def _infer_shapes(model: ModelProto) -> ModelProto:
+    """Shapes inferred on a copy whose large initializers are stubs (name, type and dims only): inference never
+    reads their values, and copying a 100 MB model into C++ and back would cost four copies of its weights."""
+    skeleton = ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        stub = skeleton.graph.initializer.add()
+        if _elements(tensor) > _FOLD_LIMIT and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            stub.name, stub.data_type, stub.data_location = tensor.name, tensor.data_type, onnx.TensorProto.EXTERNAL
+            stub.dims.extend(tensor.dims)
+            stub.external_data.add(key="location", value="onnxcam-shape-stub")
+        else:
+            stub.CopyFrom(tensor)
     try:
-        return shape_inference.infer_shapes(model, data_prop=True)
+        inferred = shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception:  # inference is an aid: rules fall back to run-time shapes
         return model
+    for name in ("value_info", "output", "node"):  # nodes: inference also annotates If/Loop bodies
+        del getattr(model.graph, name)[:]
+        getattr(model.graph, name).extend(getattr(inferred.graph, name))
+    return model
+
+
+def _copy_fields(source: Message, target: Message, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if _repeated(field):
+            getattr(target, field.name).extend(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
