@@ -290,9 +290,9 @@ class Explainer:
     def _head_scores_fn(self, layer: str, x: np.ndarray) -> Any:
         # a partial, not a closure calling itself: such a closure is a reference cycle, and cycles that hold
         # batches are freed only when the cyclic collector happens to run (memory grew over long runs)
-        return functools.partial(self._head_scores, layer, x)
+        return functools.partial(self._head_scores, layer, x, {})
 
-    def _head_scores(self, layer: str, x: np.ndarray, features: np.ndarray, image: int,
+    def _head_scores(self, layer: str, x: np.ndarray, extras: dict[int, list[Any]], features: np.ndarray, image: int,
                      scale: np.ndarray | None = None) -> np.ndarray:
         """Scores of the head for a batch of features (B, K, h, w); with `scale` (B, K, 1, 1), of one image's
         features (1, K, h, w) times each scale row, built inside the runtime."""
@@ -301,16 +301,19 @@ class Explainer:
         batch = len(features) if scale is None else len(scale)
         if scale is not None:
             feeds[SCALE] = np.ascontiguousarray(self._from_nchw(layer, scale, image, per_channel=True), np.float32)
-        if extra:
-            values = self._forward_session(tuple(extra)).run(extra, {self.input_name: x[image:image + 1]})
-            for name, value in zip(extra, values):
+        if extra:  # the head's inputs from before the layer: one forward per image, not per batch of copies
+            if image not in extras:
+                extras.clear()
+                extras[image] = self._forward_session(tuple(extra)).run(extra, {self.input_name: x[image:image + 1]})
+            for name, value in zip(extra, extras[image]):
                 # per-image activations go with each row; integer tensors (shapes, gather indices that
                 # exporters compute from shapes, e.g. torch's dynamo Swin) are not per image
                 per_image = value.shape[:1] == (1,) and np.issubdtype(value.dtype, np.floating)
                 feeds[name] = np.repeat(value, batch, axis=0) if per_image else value
         scores = session.run([self.score], feeds)[0]
         if len(scores) != batch and batch > 1:  # the head's shapes were computed for one image: row by row
-            return np.concatenate([self._head_scores(layer, x, features if scale is not None else features[j:j + 1],
+            return np.concatenate([self._head_scores(layer, x, extras,
+                                                     features if scale is not None else features[j:j + 1],
                                                      image, None if scale is None else scale[j:j + 1])
                                    for j in range(batch)])
         return scores.reshape(batch, -1)
