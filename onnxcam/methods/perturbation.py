@@ -205,14 +205,16 @@ def reciprocam(ev: Evidence, mode: str = "gaussian", batch_size: int | None = No
     assert ev.head_scores is not None
     acts = ev.activations
     n, _, h, w = acts.shape
-    batch = _batch(batch_size, int(np.prod(acts.shape[1:])) * 12)
+    batch = _batch(batch_size, int(np.prod(acts.shape[1:])) * 4)
     maps = np.zeros((n, h * w))
     for i, target in enumerate(ev.targets):
         for start in range(0, h * w, batch):
             positions = np.arange(start, min(start + batch, h * w))
             rows, cols = np.divmod(positions, w)
-            features = acts[i][:, rows, cols].T[:, :, None, None] * _patterns(rows, cols, h, w, mode)[:, None]
-            scores = ev.head_scores(features.astype(np.float32), i).astype(np.float64)
+            # float32 throughout: the weights are powers of two, so the products are exact either way
+            patterns = _patterns(rows, cols, h, w, mode).astype(acts.dtype)
+            features = acts[i][:, rows, cols].T[:, :, None, None] * patterns[:, None]
+            scores = ev.head_scores(features.astype(np.float32, copy=False), i).astype(np.float64)
             # a class's softmax probability (the paper's); other targets (segmentation, ...) use their value
             maps[i, positions] = _softmax(scores)[:, target] if ev.target_objects is None else \
                 ev.target_scores(scores, i)
