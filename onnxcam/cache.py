@@ -474,11 +474,12 @@ def _remove(folder: Path) -> None:
 
 
 def _folder_size(folder: Path) -> int:
-    """Bytes held, scratch folders excepted (they live only while a variant is being optimised)."""
+    """Bytes held, hidden files and folders excepted: they live only while a variant is being written."""
     total = 0
     for path in folder.rglob("*"):
         with contextlib.suppress(OSError):
-            if path.is_file() and not path.is_symlink() and not path.parent.name.startswith(".scratch."):
+            if path.is_file() and not path.is_symlink() and not path.name.startswith(".") \
+                    and not path.parent.name.startswith("."):
                 total += path.stat().st_size
     return total
 

@@ -29,6 +29,7 @@ from onnxcam.cache import (
     clean_cache,
     find_variant,
     model_fingerprint,
+    model_folder,
     model_identity,
     model_sha256,
     proto_digest,
@@ -169,7 +170,8 @@ def cached_session(identity: str, request: object, build: Callable[[], onnx.Mode
 def _optimised_session(identity: str, request: object, build: Callable[[], onnx.ModelProto],
                        source: object) -> Session:
     """The CPU session of `cached_session`: the optimised variant, made from the provider-independent one when
-    that is cached (a GPU asked for it), else from a scratch copy that is removed afterwards."""
+    that is cached (a GPU asked for it), else from the built model, handed over in memory (below protobuf's
+    2 GiB) or as a scratch copy removed afterwards."""
     name = variant_name(request, "cpu-" + _cpu_signature())
     variant = find_variant(identity, name)
     if variant is None:
@@ -177,8 +179,13 @@ def _optimised_session(identity: str, request: object, build: Callable[[], onnx.
         if generic is not None:
             variant = _optimise(identity, name, generic, source)
         else:
-            with scratch_variant(identity, build()) as scratch:
-                variant = _optimise(identity, name, scratch, source)
+            model = build()
+            serialised = _serialised(model)
+            if serialised is not None:
+                variant = _optimise(identity, name, serialised, source)
+            else:
+                with scratch_variant(identity, model) as scratch:
+                    variant = _optimise(identity, name, scratch, source)
     return _variant_session(variant, ["CPUExecutionProvider"], optimised=True)
 
 
@@ -209,21 +216,36 @@ def _fallback_folder() -> Path:
     return folder
 
 
-def _optimise(identity: str, name: str, variant: Variant, source: object = None) -> Variant:
-    """onnxruntime's optimised graph of `variant` for the CPU provider, stored as variant `name`."""
-    tmp = temporary_name(variant.graph.parent, name)
+def _serialised(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None above protobuf's 2 GiB limit."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.SerializeToString()
+    except (EncodeError, ValueError):
+        return None
+
+
+def _optimise(identity: str, name: str, model: Variant | bytes, source: object = None) -> Variant:
+    """onnxruntime's optimised graph of `model` (a stored variant, or serialised bytes) for the CPU provider,
+    stored as variant `name`."""
+    folder = model_folder(identity)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(folder, name)
     graph, blobs = tmp.with_name(tmp.name + ".onnx"), tmp.with_name(tmp.name + ".bin")
     options = _session_options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     options.optimized_model_filepath = str(graph)
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name", blobs.name)
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                      str(EXTERNAL_MIN))
-    weights = _shared_weights(variant.weights)
-    for tensor, value in weights.values(variant.manifest).items():
-        options.add_initializer(tensor, value)
+    if isinstance(model, Variant):
+        weights = _shared_weights(model.weights)
+        for tensor, value in weights.values(model.manifest).items():
+            options.add_initializer(tensor, value)
     try:
         try:
-            ort.InferenceSession(str(variant.graph), options, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(model.graph) if isinstance(model, Variant) else model, options,
+                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot load the model: {_last_line(exc)}") from None
         import onnx

@@ -193,6 +193,23 @@ def test_gpu_providers_get_the_provider_independent_graph(cache: Path) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_models_above_protobufs_limit_are_optimised_from_a_scratch_copy(cache: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above 2 GiB a model cannot be handed to onnxruntime as bytes: it goes through a scratch folder (here
+    forced on a small model), removed afterwards, with the same results."""
+    import onnxcam.runtime as runtime
+
+    ex = onnxcam.Explainer(MODELS / "shapes_resnet.onnx", device="cpu")
+    x = _x(ex)
+    reference = ex.explain(x, "gradcam")
+    runtime.clear_cache()
+    monkeypatch.setattr(runtime, "_serialised", lambda model: None)
+    fresh = onnxcam.Explainer(MODELS / "shapes_resnet.onnx", device="cpu")
+    fresh.identity += "-scratch"  # another cache entry, so that it is built again
+    np.testing.assert_allclose(fresh.explain(x, "gradcam"), reference, atol=1e-6)
+    assert not list(cache.rglob(".scratch*")) and len(_model_folders(cache)) == 2
+
+
 # --- size cap, listing, cleaning --------------------------------------------------------------------------------
 def test_size_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     for text, value in (("", 2 * 2**30), ("500M", 500 * 2**20), ("1.5GB", int(1.5 * 2**30)), ("4096", 4096),

@@ -107,3 +107,25 @@ def test_runtime_failures_are_one_line_errors():
     with pytest.raises(OnnxcamError, match="onnxruntime failed to run the model") as info:
         runner.run(np.ones((1, 3, 5, 5), np.float32), np.ones((1, 3), np.float32))
     assert "\n" not in str(info.value)
+
+
+def test_cached_model_path_and_make_session_share_the_weights(tmp_path, monkeypatch):
+    """The path-returning API: a graph-only file whose session maps the cache's weights file."""
+    from onnxcam.graph.load import load_model
+    from onnxcam.graph.rewrite import gradient_model
+    from onnxcam.runtime import cached_model, make_session
+
+    monkeypatch.setenv("ONNXCAM_CACHE", str(tmp_path))
+    model = load_model(Path(__file__).parent.parent / "models" / "shapes_resnet.onnx")
+    layer = "/stage3/stage3.1/Relu_1_output_0"
+    path = cached_model("shapes-gradients", lambda: gradient_model(model, [layer]).model)
+    assert path.stat().st_size < 100_000 and (path.parent / "weights.bin").stat().st_size > 500_000
+    assert cached_model("shapes-gradients", lambda: pytest.fail("built twice")) == path
+    cached, plain = make_session(path, ["CPUExecutionProvider"]), make_session(
+        gradient_model(model, [layer]).model, ["CPUExecutionProvider"])
+    assert cached.weights is not None and plain.weights is None
+    x = np.random.default_rng(0).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    feeds = {"input": x, "onnxcam_seed": np.zeros((2, 8), np.float32)}
+    names = [o.name for o in plain.get_outputs()]
+    for a, b in zip(cached.run(names, feeds), plain.run(names, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
