@@ -182,6 +182,7 @@ def _optimised_session(identity: str, request: object, build: Callable[[], onnx.
             model = build()
             serialised = _serialised(model)
             if serialised is not None:
+                del model  # onnxruntime parses the bytes: the ModelProto would be a second copy of the weights
                 variant = _optimise(identity, name, serialised, source)
             else:
                 with scratch_variant(identity, model) as scratch:
