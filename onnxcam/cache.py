@@ -349,32 +349,23 @@ class BlobStore:
             index = _read_json(self.index_path) or {}
             places: dict[str, list[int]] = index.get("blobs", {})
             end = int(index.get("end", 0))
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if os.fstat(fd).st_size != end:
-                    os.ftruncate(fd, end)  # a writer killed mid-append left bytes that no index entry points to
+            with open(self.path, "r+b" if self.path.is_file() else "w+b") as data:
+                data.truncate(end)  # a writer killed mid-append left bytes that no index entry points to
 
                 def put(blob: bytes) -> tuple[int, int]:
                     nonlocal end
                     digest = hashlib.blake2b(blob, digest_size=20).hexdigest()
                     if digest not in places:
                         offset = -(-end // ALIGN) * ALIGN
-                        _pwrite_all(fd, b"\0" * (offset - end) + blob, end)
+                        data.seek(end)
+                        data.write(b"\0" * (offset - end))
+                        data.write(blob)
                         places[digest] = [offset, len(blob)]
                         end = offset + len(blob)
                     return places[digest][0], places[digest][1]
 
                 yield put
-            finally:
-                os.close(fd)
             _write_atomic(self.index_path, json.dumps({"end": end, "blobs": places}).encode())
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def _lock_file(handle: Any) -> None:
@@ -404,8 +395,9 @@ class CacheEntry:
     stale: bool              # made by another onnxcam/onnx/onnxruntime version, or its source file has changed
 
 
-def cache_entries() -> list[CacheEntry]:
-    """Everything in the cache, least recently used first."""
+def cache_entries(check_sources: bool = True) -> list[CacheEntry]:
+    """Everything in the cache, least recently used first; check_sources: find out whether each source file has
+    changed since (reads the start and end of each, for `stale`)."""
     root = cache_dir()
     current = environment_digest()
     entries = []
@@ -413,7 +405,7 @@ def cache_entries() -> list[CacheEntry]:
     if models.is_dir() and not models.is_symlink():
         for folder in models.iterdir():
             if folder.is_dir() and not folder.is_symlink():
-                entries.append(_entry(folder, current))
+                entries.append(_entry(folder, current, check_sources))
     engines = root / "tensorrt"
     if engines.is_dir() and not engines.is_symlink():
         entries.append(CacheEntry(engines, "TensorRT engines", _folder_size(engines), 0,
@@ -421,11 +413,11 @@ def cache_entries() -> list[CacheEntry]:
     return sorted(entries, key=lambda e: e.last_used)
 
 
-def _entry(folder: Path, current: str) -> CacheEntry:
+def _entry(folder: Path, current: str, check_source: bool) -> CacheEntry:
     record = _read_json(folder / "model.json") or {}
     source = record.get("source")
     stale = record.get("environment") != current
-    if source and not stale and str(record.get("identity", "")).startswith("file:"):
+    if check_source and source and not stale and str(record.get("identity", "")).startswith("file:"):
         try:
             stale = "file:" + model_fingerprint(source) != record["identity"]
         except OSError:
@@ -451,7 +443,7 @@ def evict(keep: Path | None = None, limit: int | None = None) -> list[CacheEntry
     """Remove least recently used model folders until the cache fits `limit` (default: cache_limit()); `keep`
     (the folder in use) stays whatever its size."""
     limit = cache_limit() if limit is None else limit
-    entries = cache_entries()
+    entries = cache_entries(check_sources=False)
     total = sum(e.size for e in entries)
     removed = []
     for entry in entries:
