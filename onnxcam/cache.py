@@ -36,7 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxcam.errors import OnnxcamError
+from onnxcam.errors import ModelError, OnnxcamError
 
 if TYPE_CHECKING:
     import onnx
@@ -126,7 +126,12 @@ def model_identity(source: Any) -> str:
     """What the cache knows a model by: the fingerprint of a file (cheap), else a SHA-256 of the bytes or of the
     serialised ModelProto (one pass over the weights)."""
     if isinstance(source, (str, os.PathLike)):
-        return "file:" + model_fingerprint(source)
+        if not Path(source).is_file():
+            raise ModelError(f"model file not found: {source}")
+        try:
+            return "file:" + model_fingerprint(source)
+        except OSError as exc:
+            raise ModelError(f"cannot read the model file {source}: {exc.strerror or exc}") from None
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "bytes:" + hashlib.sha256(source).hexdigest()
     return "proto:" + proto_digest(source)

@@ -10,7 +10,7 @@ from toy_models import tiny_cnn
 import onnxcam
 from onnxcam.errors import OnnxcamError
 from onnxcam.gradients import GradientRunner
-from onnxcam.runtime import cache_dir, choose_providers, clear_cache, cuda_usable
+from onnxcam.runtime import cache_dir, choose_providers, cuda_usable
 
 
 def test_cpu_and_explicit_providers():
@@ -41,7 +41,7 @@ def test_rewritten_models_are_cached_by_content(tmp_path, monkeypatch):
     first = _graphs(tmp_path)
     assert len(first) == 1
     stamp = first[0].stat().st_mtime_ns
-    clear_cache()
+    onnxcam.clear_cache()
     onnxcam.gradients(tiny_cnn(), x, layers="feat")  # same model and request: reused, not rewritten
     assert _graphs(tmp_path) == first and first[0].stat().st_mtime_ns == stamp
     onnxcam.gradients(tiny_cnn(), x, layers="scaled")  # another request: another file
@@ -62,7 +62,7 @@ def test_functional_api_reuses_its_sessions(tmp_path, monkeypatch):
     """onnxcam.gradients / onnxcam.relevance in a loop: the runner (model parse, rewrite, session) is made once
     per model file and request; a re-exported file, another request or clear_cache() makes a new one."""
     monkeypatch.setenv("ONNXCAM_CACHE", str(tmp_path / "cache"))
-    clear_cache()
+    onnxcam.clear_cache()
     path = tmp_path / "model.onnx"
     onnx.save(tiny_cnn(), str(path))
     x = np.random.default_rng(0).random((2, 3, 8, 8), np.float32)
@@ -82,7 +82,7 @@ def test_functional_api_reuses_its_sessions(tmp_path, monkeypatch):
     assert len(made) == 2
     onnx.save(tiny_cnn(classes=4), str(path))  # re-exported: a new model
     assert onnxcam.gradients(path, x, layers="feat").scores.shape == (2, 4) and len(made) == 3
-    clear_cache()
+    onnxcam.clear_cache()
     onnxcam.gradients(path, x, layers="feat")
     assert len(made) == 4
     relevance = [onnxcam.relevance(path, x, layers="feat") for _ in range(2)]
