@@ -325,7 +325,7 @@ def _variant_session(variant: Variant, providers: list[str], optimised: bool = F
 
 
 # --- in-process cache -------------------------------------------------------------------------------------------
-SHARED_LIMIT = 8  # objects kept by shared_session (each holds a session; weights are shared between them)
+SHARED_LIMIT = 4  # objects kept by shared_session: each holds a session, and a runner its parsed model too
 _shared: OrderedDict[Hashable, Any] = OrderedDict()
 _shared_lock = threading.Lock()
 T = TypeVar("T")
