@@ -7,6 +7,7 @@ from onnxcam import opencv as _opencv  # noqa: E402,F401,I001
 from onnxcam.errors import GradientError, InputError, LayerError, ModelError, OnnxcamError  # noqa: E402
 from onnxcam.explainer import Explainer  # noqa: E402
 from onnxcam.methods import METHODS as methods  # noqa: E402
+from onnxcam.runtime import clear_cache  # noqa: E402
 from onnxcam.runners import (  # noqa: E402
     GradientResult,
     RelevanceResult,
@@ -18,5 +19,6 @@ from onnxcam.runners import (  # noqa: E402
 
 __all__ = [
     "Explainer", "GradientError", "GradientResult", "InputError", "LayerError", "ModelError", "OnnxcamError",
-    "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "gradients", "methods", "relevance",
+    "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "clear_cache", "gradients", "methods",
+    "relevance",
 ]

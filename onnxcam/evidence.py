@@ -9,6 +9,7 @@ runs, masked-input scores, input gradients) it declares.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ from onnxcam.graph.topo import static_shapes
 from onnxcam.images import Preprocessing, blank_input, model_labels, model_metadata, resolve_preprocessing
 from onnxcam.methods import METHODS, Evidence, Method
 from onnxcam.runners import ReverseResult, ReverseRunner, Targets, check_input, target_ids
-from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
+from onnxcam.runtime import Session, cached_session, choose_providers, model_identity, model_sha256
 from onnxcam.targets import (
     ClassifierOutputTarget,
     DetectionLayout,
@@ -56,6 +57,8 @@ class ModelView:
                  extra_tokens_at: str = "start") -> None:
         self.token_options = TokenOptions(grid, extra_tokens, extra_tokens_at)
         self.token_views: dict[str, TokenView] = {}
+        self.source = model if isinstance(model, (str, os.PathLike)) else None
+        self.identity = model_identity(model)  # finds rewritten models in the cache (cheap for a file)
         self.model = load_model(model)
         # a detector with NMS inside: explain the raw predictions before it (notes say so)
         self.model, output, self.notes = prefer_pre_nms(self.model, output)
@@ -137,7 +140,7 @@ class ModelView:
     @functools.cached_property
     def model_id(self) -> str:
         """A content hash (sha256) of the model: files fitted to one model (BroadCAM) are refused by another."""
-        return model_key(self.model)
+        return model_sha256(self.source) if self.source is not None else self.identity.split(":", 1)[1]
 
     @functools.cached_property
     def classes(self) -> int | None:
@@ -203,8 +206,8 @@ class ModelView:
         key = ("forward", tensors)
         if key not in self.sessions:
             wanted = [self.score] + [t for t in tensors if t != self.score]
-            path = cached_model(model_key(self.model, "expose", wanted), lambda: expose(self.model, wanted))
-            self.sessions[key] = make_session(path, self.providers)
+            self.sessions[key] = cached_session(self.identity, ("expose", wanted), lambda: expose(self.model, wanted),
+                                                self.providers, source=self.source)
         return self.sessions[key]
 
     def reverse_runner(self, layers: Sequence[str], with_input: bool = False,
@@ -214,7 +217,8 @@ class ModelView:
             try:
                 self.sessions[key] = ReverseRunner(self.model, list(layers), with_input, self.output_option,
                                                    self.probabilities, providers=self.providers, preloaded=True,
-                                                   lrp=lrp, initial=initial)
+                                                   lrp=lrp, initial=initial, identity=self.identity,
+                                                   source=self.source)
             except GradientError as e:  # the graph knows no method names: the registry says which still work
                 free = sorted(m.name for m in METHODS.values() if m.run == "forward")
                 raise GradientError(f"{e} ({', '.join(free)})") from None
@@ -224,8 +228,9 @@ class ModelView:
         key = ("head", layer, scaled)
         if key not in self.sessions:
             head = extract_head(self.model, layer, self.score, scale=scaled)
-            path = cached_model(model_key(self.model, "head", layer, self.score, scaled), lambda: head.model)
-            self.sessions[key] = (make_session(path, self.providers), head.extra_inputs)
+            session = cached_session(self.identity, ("head", layer, self.score, scaled), lambda: head.model,
+                                     self.providers, source=self.source)
+            self.sessions[key] = (session, head.extra_inputs)
         return self.sessions[key]
 
     def close(self) -> None:
@@ -293,7 +298,7 @@ class EvidenceBuilder:
                 for value in carried.values():
                     value[flat] = 0
         else:
-            pooled = [p for p in (self._pooled(name) for name in layers) if p] if "channel_ablation" in needs else []
+            pooled = [p for p in (self._pooled(name) for name in layers) if p]  # tiny, and one session for all
             wanted = list(dict.fromkeys(layers + pooled))
             values = v.forward_session(tuple(wanted)).run([v.score] + wanted, {v.input_name: x})
             scores = values[0].reshape(len(x), -1)
@@ -356,9 +361,9 @@ class EvidenceBuilder:
     def _head_scores_fn(self, layer: str, x: np.ndarray, *_: Any) -> Callable[..., np.ndarray]:
         # a partial, not a closure calling itself: such a closure is a reference cycle, and cycles that hold
         # batches are freed only when the cyclic collector happens to run (memory grew over long runs)
-        return functools.partial(self._head_scores, layer, x)
+        return functools.partial(self._head_scores, layer, x, {})
 
-    def _head_scores(self, layer: str, x: np.ndarray, features: np.ndarray, image: int,
+    def _head_scores(self, layer: str, x: np.ndarray, extras: dict[int, list[Any]], features: np.ndarray, image: int,
                      scale: np.ndarray | None = None) -> np.ndarray:
         """Scores of the head for a batch of features (B, K, h, w); with `scale` (B, K, 1, 1), of one image's
         features (1, K, h, w) times each scale row, built inside the runtime."""
@@ -368,16 +373,19 @@ class EvidenceBuilder:
         batch = len(features) if scale is None else len(scale)
         if scale is not None:
             feeds[SCALE] = np.ascontiguousarray(v.from_nchw(layer, scale, image, per_channel=True), np.float32)
-        if extra:
-            values = v.forward_session(tuple(extra)).run(extra, {v.input_name: x[image:image + 1]})
-            for name, value in zip(extra, values):
+        if extra:  # the head's inputs from before the layer: one forward per image, not per batch of copies
+            if image not in extras:
+                extras.clear()
+                extras[image] = v.forward_session(tuple(extra)).run(extra, {v.input_name: x[image:image + 1]})
+            for name, value in zip(extra, extras[image]):
                 # per-image activations go with each row; integer tensors (shapes, gather indices that
                 # exporters compute from shapes, e.g. torch's dynamo Swin) are not per image
                 per_image = value.shape[:1] == (1,) and np.issubdtype(value.dtype, np.floating)
                 feeds[name] = np.repeat(value, batch, axis=0) if per_image else value
         scores = session.run([v.score], feeds)[0]
         if len(scores) != batch and batch > 1:  # the head's shapes were computed for one image: row by row
-            return np.concatenate([self._head_scores(layer, x, features if scale is not None else features[j:j + 1],
+            return np.concatenate([self._head_scores(layer, x, extras,
+                                                     features if scale is not None else features[j:j + 1],
                                                      image, None if scale is None else scale[j:j + 1])
                                    for j in range(batch)])
         return scores.reshape(batch, -1)

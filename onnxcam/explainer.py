@@ -62,6 +62,15 @@ class Explainer:
     model_id = property(lambda self: self.view.model_id, doc="A content hash of the model.")
     classes = property(lambda self: self.view.classes, doc="The class count of an (N, classes) output, else None.")
 
+    @property
+    def identity(self) -> str:
+        """What the cache of rewritten models knows this model by (runtime.model_identity)."""
+        return self.view.identity
+
+    @identity.setter
+    def identity(self, value: str) -> None:
+        self.view.identity = value
+
     def module_path(self, tensor: str) -> str | None:
         """The PyTorch module a tensor belongs to, where the exporter recorded it ("layer4.1"), else None."""
         return self.view.module_path(tensor)

@@ -361,8 +361,19 @@ def _infer_shapes(model: ModelProto) -> ModelProto:
     """
     declared = {v.name: v for v in model.graph.value_info}
     declared_outputs = {o.name: _copy(o) for o in model.graph.output}
+    # inference runs on a copy whose large initializers are stubs (name, type and dims only): it never reads
+    # their values, and copying a 100 MB model into C++ and back would cost four copies of its weights
     bare = ModelProto()
-    bare.CopyFrom(model)
+    _copy_fields(model, bare, skip="graph")
+    _copy_fields(model.graph, bare.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        stub = bare.graph.initializer.add()
+        if _elements(tensor) > _FOLD_LIMIT and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            stub.name, stub.data_type, stub.data_location = tensor.name, tensor.data_type, onnx.TensorProto.EXTERNAL
+            stub.dims.extend(tensor.dims)
+            stub.external_data.add(key="location", value="onnxcam-shape-stub")
+        else:
+            stub.CopyFrom(tensor)
     del bare.graph.value_info[:]
     for value in bare.graph.output:  # outputs' shapes can be stale too: keep only their element types
         value.type.tensor_type.ClearField("shape")
@@ -383,7 +394,10 @@ def _infer_shapes(model: ModelProto) -> ModelProto:
             inferred = shape_inference.infer_shapes(inferred, data_prop=True)
         except Exception:
             pass
-    return inferred
+    for name in ("value_info", "output", "node"):  # nodes: inference also annotates If/Loop bodies
+        del getattr(model.graph, name)[:]
+        getattr(model.graph, name).extend(getattr(inferred.graph, name))
+    return model
 
 
 def _copy(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
@@ -553,3 +567,15 @@ def at_input_size(model: ModelProto, image: str, size: tuple[int, int], layout: 
                 dims[axis].dim_value = int(size_value)
     del fixed.graph.value_info[:]
     return _complete_by_run(_infer_shapes(fixed))
+
+
+def _copy_fields(source: Message, target: Message, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if _repeated(field):
+            getattr(target, field.name).extend(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
