@@ -311,3 +311,21 @@ assert onnxcam.gradients({str(MODELS / "shapes_resnet.onnx")!r}, x).scores.shape
     assert run.returncode == 0, run.stderr
     assert run.stderr.count("cannot write the cache folder") == 1
     assert list(temporary.glob("onnxcam*")) == []  # (onnxruntime itself leaves a '.ses' file there)
+
+
+def test_cache_commands_list_and_clean(tmp_path: Path, cache: Path) -> None:
+    from typer.testing import CliRunner
+
+    from onnxcam import cli
+
+    model = _copy("shapes_resnet", tmp_path)
+    onnxcam.Explainer(model, device="cpu").explain(_x(onnxcam.Explainer(model, device="cpu")), "gradcam")
+    runner = CliRunner()
+    listed = runner.invoke(cli.app, ["cache", "list"], env={"COLUMNS": "300"})
+    assert listed.exit_code == 0 and "shapes_resnet.onnx" in listed.output and "1 entries" in listed.output
+    assert runner.invoke(cli.app, ["cache", "clean", "--older-than", "1d"]).output.startswith("removed 0 entries")
+    bad = runner.invoke(cli.app, ["cache", "clean", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "--older-than takes" in bad.output
+    cleaned = runner.invoke(cli.app, ["cache", "clean"])
+    assert cleaned.exit_code == 0 and cleaned.output.startswith("removed 1 entries")
+    assert not _model_folders(cache)
