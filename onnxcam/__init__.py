@@ -37,7 +37,11 @@ _LAZY = {
     "relevance": ("onnxcam.runners", "relevance"),
 }
 
-__all__ = ["GradientError", "InputError", "LayerError", "ModelError", "OnnxcamError", "__version__", *_LAZY]
+__all__ = [
+    "Explainer", "GradientError", "GradientResult", "InputError", "LayerError", "ModelError", "OnnxcamError",
+    "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "clear_cache", "gradients", "methods",
+    "relevance",
+]
 
 
 def __getattr__(name: str) -> object:
