@@ -17,6 +17,15 @@ from onnxcam.runners import (  # noqa: E402
 )
 
 __all__ = [
-    "Explainer", "GradientError", "GradientResult", "InputError", "LayerError", "ModelError", "OnnxcamError",
+    "Explainer", "compare", "GradientError", "GradientResult", "InputError", "LayerError", "ModelError", "OnnxcamError",
     "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "gradients", "methods", "relevance",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`onnxcam.compare` is loaded on first use: `import onnxcam` stays cheap (it pulls in the batch jobs)."""
+    if name == "compare":
+        from onnxcam.jobs.compare import compare
+
+        return compare
+    raise AttributeError(f"module 'onnxcam' has no attribute '{name}'")
