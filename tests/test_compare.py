@@ -224,6 +224,15 @@ def test_usage_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], messa
     assert len(output.strip().splitlines()) == 1 and "Traceback" not in output
 
 
+def test_the_report_escapes_file_names(tmp_path: Path) -> None:
+    hostile = tmp_path / "in" / "<img src=x onerror=alert(1)>&.png"
+    hostile.parent.mkdir()
+    hostile.write_bytes(IMAGES[0].read_bytes())
+    result = onnxcam.compare(RESNET, QDQ, [hostile.parent], tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert result.passed and "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;&amp;.png" in page
+
+
 def test_a_model_that_is_not_a_classifier_is_refused(tmp_path: Path) -> None:
     code, output = _run(RESNET, MODELS / "shapes_segmenter.onnx", IMAGES[0], "--out", tmp_path / "o")
     assert code == 2 and "segment model" in output and "classifiers" in output
