@@ -64,6 +64,9 @@ def compare(
                 keep_records=False, on_start=on_start, on_image=on_image, on_note=_note)
         finally:
             progress.stop()
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the images compared so far are in OUT/compare.jsonl.partial", err=True)
+        raise typer.Exit(130) from None
     except (OnnxcamError, OSError) as e:
         fail(e, debug)
     _print_summary(result)

@@ -294,6 +294,9 @@ def compare(model_a: ModelSource, model_b: ModelSource, images: Sequence[str | o
     options = get_method(method).accepts(dict(method_options or {}))
     a, b = _side("A", model_a, layer_a, device), _side("B", model_b, layer_b, device)
     comparable, notes = _plan_notes(a, b, same_classes)
+    if target is not None and not str(target).strip().lstrip("-").isdigit() and not a.labels:
+        raise InputError(f"--target '{printable(str(target))}' is a name, but model A carries no class names; give a "
+                         "class index")
     category = resolve_target(str(target), a.labels, a.classes) if target is not None else None
     sources = _sources(images, out)
     result = Comparison({"A": a.name, "B": b.name}, method, {"A": list(a.ex.layer), "B": list(b.ex.layer)},
