@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first use
     from onnxcam.explainer import Explainer
+    from onnxcam.jobs.compare import compare
     from onnxcam.methods import METHODS as methods
     from onnxcam.runners import (
         GradientResult,
@@ -35,12 +36,13 @@ _LAZY = {
     "ReverseRunner": ("onnxcam.runners", "ReverseRunner"),
     "gradients": ("onnxcam.runners", "gradients"),
     "relevance": ("onnxcam.runners", "relevance"),
+    "compare": ("onnxcam.jobs.compare", "compare"),
 }
 
 __all__ = [
     "Explainer", "GradientError", "GradientResult", "InputError", "LayerError", "ModelError", "OnnxcamError",
-    "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "clear_cache", "gradients", "methods",
-    "relevance",
+    "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "clear_cache", "compare", "gradients",
+    "methods", "relevance",
 ]
 
 
