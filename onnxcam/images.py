@@ -213,7 +213,9 @@ def resolve_preprocessing(model: onnx.ModelProto, input_name: str, layout: str |
     spec = Preprocessing((hw[0], hw[1]), layout, channels, bool(fields["bgr"]), float(fields["scale"]), mean_t,
                          std_t, dtype, fields["resize"], short_side, fields["interpolation"],
                          float(fields["pad_value"]), fields["pad_align"])
-    return replace(spec, source=" + ".join(sources) if sources else f"guessed ({guess})")
+    if not meta and preset is None:  # the values not given are still the guess: say so
+        sources.insert(0, f"guessed ({guess})")
+    return replace(spec, source=" + ".join(sources))
 
 
 def _guess(model: onnx.ModelProto, input_name: str, dtype: str) -> tuple[dict[str, Any], str]:
