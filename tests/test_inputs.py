@@ -105,7 +105,8 @@ def test_defaults_from_metadata(tmp_path: Path) -> None:
 
 def test_bad_input_values_say_what_is_wrong(tmp_path: Path) -> None:
     path = _save(_two_inputs([1, 3]), tmp_path / "two.onnx")
-    with pytest.raises(InputError, match=r"--input bais: the model has no input of that name \(did you mean 'bias'\?\)"):
+    with pytest.raises(InputError, match=r"--input bais: the model has no input of that name \(did you mean "
+                                         r"'bias'\?\)"):
         prepare_model(path, {"bais": np.zeros((1, 3))})
     with pytest.raises(InputError, match=r"input 'bias' is float32 \(1, 3\) but an array holds an array of shape "
                                          r"\(3,\)"):
@@ -137,8 +138,9 @@ def _text_model() -> onnx.ModelProto:
 
 def test_a_text_model_is_refused_by_explain_and_inspect(tmp_path: Path) -> None:
     path = _save(_text_model(), tmp_path / "text.onnx")
-    said = ("the model's input 'input_ids' is int64 (batch, sequence): onnxcam explains image models, whose input is a batch "
-            "of images, float or uint8, (N, C, H, W) or (N, H, W, C); it looks like a text model (token ids)")
+    said = ("the model's input 'input_ids' is int64 (batch, sequence): onnxcam explains image models, whose input "
+            "is a batch of images, float or uint8, (N, C, H, W) or (N, H, W, C); it looks like a text model (token "
+            "ids)")
     with pytest.raises(ModelError) as info:
         explain(path, IMAGES[:1], tmp_path / "out", device="cpu")
     assert str(info.value) == said

@@ -302,7 +302,8 @@ def ultralytics_style_detector(names: dict[int, str]) -> onnx.ModelProto:
              helper.make_node("Reshape", ["grid", "shape"], ["output0"])]
     graph = helper.make_graph(nodes, "yolo_like", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
                                                                                  ["batch", 3, "height", "width"])],
-                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 4 + k, "anchors"])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT,
+                                                             ["batch", 4 + k, "anchors"])],
                               [numpy_helper.from_array(v, n) for n, v in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     helper.set_model_props(model, {"author": "Ultralytics", "task": "detect", "stride": "4", "batch": "1",
