@@ -75,7 +75,7 @@ def test_input_values_from_a_file_are_folded_in(tmp_path: Path) -> None:
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x, "bias": bias})[0]
     assert records[0]["score"] == pytest.approx(float(want[0, 1]), rel=1e-5)
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["inputs"]["bias"]["shape"] == [1, 3] and manifest["inputs"]["bias"]["from"].startswith("file ")
+    assert manifest["inputs"]["bias"]["shape"] == [1, 3] and manifest["inputs_from"]["bias"].startswith("file ")
     np.save(tmp_path / "other.npy", bias * 2)
     again = runner.invoke(cli.app, ["explain", str(path), *map(str, IMAGES[:3]), "--out", str(out), "--device",
                                     "cpu", "--input", f"bias={tmp_path / 'other.npy'}", "--resume"])
@@ -96,8 +96,8 @@ def test_defaults_from_metadata(tmp_path: Path) -> None:
     helper.set_model_props(model, {"input_defaults": json.dumps({"bias": [[0.0, 0.0, 30.0]]})})
     summary = explain(_save(model, tmp_path / "m.onnx"), IMAGES[:2], tmp_path / "out", device="cpu")
     assert [r["predicted"] for r in summary.records] == [2, 2]
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["inputs"]["bias"]["from"] == \
-        "model metadata 'input_defaults'"
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["inputs_from"] == {
+        "bias": "model metadata 'input_defaults'"}
     helper.set_model_props(model, {"input_defaults": "{bias: 1"})  # unreadable: as if there were none
     with pytest.raises(InputError, match="give the other with --input"):
         explain(_save(model, tmp_path / "bad.onnx"), IMAGES[:1], tmp_path / "out2", device="cpu")

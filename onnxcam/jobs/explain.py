@@ -291,7 +291,10 @@ def _manifest(model: ModelSource, ex: Explainer, spec: RunSpec, folded: dict[str
             "model_sha256": file_sha256(path) if path is not None else ex.model_id,
             "layers": list(ex.layer), "methods": spec.methods, "method_options": spec.method_options,
             "targets": spec.plan.describe(), "preprocessing": spec.preprocessing.describe(),
-            "preprocessing_source": spec.preprocessing.source, "inputs": folded,
+            "preprocessing_source": spec.preprocessing.source,
+            # the values decide the outputs (resume compares them), not where they were read from
+            "inputs": {k: {"shape": v["shape"], "sha256": v["sha256"]} for k, v in folded.items()} if folded else None,
+            "inputs_from": {k: v["from"] for k, v in folded.items()} if folded else None,
             "explainer": {k: v for k, v in spec.explainer.items() if k not in ("layer", "device")},
             "labels": None if spec.labels is None else len(spec.labels), "labels_source": spec.labels_source,
             "layer_modules": [ex.module_path(name) for name in ex.layer], "alpha": spec.alpha,
