@@ -260,6 +260,20 @@ def test_a_centre_cropped_run_marks_what_the_model_did_not_see(tmp_path: Path) -
     assert again.exit_code == 2 and "preprocessing" in again.output
 
 
+def test_records_and_report_state_the_layers_module(tmp_path: Path) -> None:
+    model = EXPORTS / "torchvision_resnet_dynamo_op18.onnx"
+    out = tmp_path / "out"
+    summary = explain(model, [ROOT / "examples" / "images" / "01_circle.png"], out, layer="layer4[-1]",
+                      preset="imagenet-crop", device="cpu")
+    record = summary.records[0]
+    assert (record["layer"], record["layer_module"]) == ("relu_13", "layer4")
+    assert record["preprocessing"].startswith("RGB, resize short side to 73, centre crop 64x64")
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["layer_modules"] == ["layer4"] and manifest["labels_source"].startswith("none")
+    report = (out / "report.html").read_text()
+    assert "layer module: layer4" in report and "preprocessing: preset imagenet-crop: RGB" in report
+
+
 def test_evaluate_states_and_applies_the_preprocessing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
