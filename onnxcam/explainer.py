@@ -10,7 +10,8 @@ import numpy as np
 from onnxcam.errors import InputError
 from onnxcam.evidence import EvidenceBuilder, ModelView
 from onnxcam.graph.load import ModelSource
-from onnxcam.images import Preprocessing, model_labels
+from onnxcam.images import Preprocessing
+from onnxcam.labels import find_labels
 from onnxcam.methods import Evidence, Method, get_method
 from onnxcam.methods.postprocess import combine, normalise
 from onnxcam.runners import Targets, target_ids
@@ -42,6 +43,7 @@ class Explainer:
         self.view = ModelView(model, layer, providers, device, output, probabilities, grid, extra_tokens,
                               extra_tokens_at)
         self._evidence = EvidenceBuilder(self.view)
+        self._labels: tuple[list[str] | None, str] | None = None
         self.options = {"layer": layer, "device": device, "output": output, "probabilities": probabilities,
                         "grid": grid, "extra_tokens": extra_tokens, "extra_tokens_at": extra_tokens_at}
 
@@ -77,9 +79,25 @@ class Explainer:
 
     @property
     def labels(self) -> list[str] | None:
-        """Class names from the model's metadata (None when it names none)."""
-        found = model_labels(self.model)
-        return found if found is not None and (self.classes is None or len(found) == self.classes) else None
+        """Class names (targets may name them): set by the caller, else the model's metadata (labels, names,
+        character, ...), else ImageNet-1k names for 1000 or 1001 classes; None when nothing names them."""
+        return self._found_labels()[0]
+
+    @labels.setter
+    def labels(self, names: Sequence[str] | None) -> None:
+        found = find_labels(list(names), self.model, self.classes) if names is not None else None
+        self._labels = None if found is None else (found.names, found.source)
+
+    @property
+    def labels_source(self) -> str:
+        """Where `labels` came from, in words."""
+        return self._found_labels()[1]
+
+    def _found_labels(self) -> tuple[list[str] | None, str]:
+        if self._labels is None:
+            found = find_labels(None, self.model, self.classes)
+            self._labels = (found.names, found.source)
+        return self._labels
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -196,8 +214,9 @@ class Explainer:
             return targets
         labels = self.labels
         if labels is None:
-            raise InputError("targets given by name, but the model carries no class names; pass class indices")
-        from onnxcam.images import resolve_target
+            raise InputError("targets given by name, but the model carries no class names; set Explainer.labels or "
+                             "pass class indices")
+        from onnxcam.labels import resolve_target
 
         ids = [resolve_target(t, labels, self.classes) if isinstance(t, str) else t for t in names]
         return ids[0] if isinstance(targets, str) else ids

@@ -95,15 +95,15 @@ def floats(text: str | None, option: str) -> list[float] | None:
         raise InputError(f"{option} takes comma-separated numbers, e.g. 0.485,0.456,0.406; got '{text}'") from None
 
 
-def size(text: str | None) -> list[int] | None:
+def size(text: str | None, option: str = "--size") -> list[int] | None:
     if text is None:
         return None
     try:
         values = [int(v) for v in text.lower().replace("x", ",").split(",") if v]
     except ValueError:
-        raise InputError(f"--size takes N or HxW, e.g. 224 or 256x192; got '{text}'") from None
+        raise InputError(f"{option} takes N or HxW, e.g. 224 or 256x192; got '{text}'") from None
     if len(values) not in (1, 2) or min(values) <= 0:
-        raise InputError(f"--size takes N or HxW with positive numbers; got '{text}'")
+        raise InputError(f"{option} takes N or HxW with positive numbers; got '{text}'")
     return values
 
 

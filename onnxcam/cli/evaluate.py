@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxcam.cli.common import console, err_console, fail, floats, option_value, pairs, quiet_opencv, split
+from onnxcam.cli.common import size as size_option
 from onnxcam.errors import InputError, OnnxcamError
 
 
@@ -62,10 +63,22 @@ def evaluate(
     road_noise: Annotated[float, typer.Option(min=0.0, help="ROAD imputation noise std (pixels in [0, 1]).")] = 0.01,
     tolerance: Annotated[float, typer.Option(min=0.0, help="Pointing-game tolerance in pixels (Zhang et al. use "
                                              "15 at 224 px).")] = 0.0,
-    class_names: Annotated[Path | None, typer.Option(help="Class names file (default: the model's 'labels' "
-                                                     "metadata).")] = None,
-    preset: Annotated[str | None, typer.Option(help="Preprocessing preset (default: model metadata, else "
-                                               "imagenet).")] = None,
+    class_names: Annotated[Path | None, typer.Option(help="Class names file: text, JSON or CSV (default: the "
+                                                     "model's metadata, else ImageNet-1k names for 1000 classes)."
+                                                     )] = None,
+    preset: Annotated[str | None, typer.Option(help="Preprocessing preset: imagenet, imagenet-crop, inception, "
+                                               "raw255, caffe, unit, yolo (default: model metadata, else a guess; "
+                                               "the run prints which).")] = None,
+    bgr: Annotated[bool | None, typer.Option("--bgr/--rgb", help="Channel order fed to the model.")] = None,
+    resize_short: Annotated[int | None, typer.Option(min=1, help="Resize the short side to N, then centre-crop the "
+                                                     "input size.")] = None,
+    crop: Annotated[str | None, typer.Option(help="Centre crop N or HxW after resizing the short side.")] = None,
+    letterbox: Annotated[bool | None, typer.Option("--letterbox/--no-letterbox", help="Fit the image in the input "
+                                                   "keeping its aspect ratio, pad the rest.")] = None,
+    interpolation: Annotated[str | None, typer.Option(help="Resize filter: auto, nearest, bilinear, bicubic, area, "
+                                                      "lanczos.")] = None,
+    model_input: Annotated[list[str], typer.Option("--input", help="A value for a model input beside the image: "
+                                                   "NAME=FILE.npy (repeatable).")] = [],  # noqa: B006
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] = False,
 ) -> None:
@@ -95,7 +108,10 @@ def evaluate(
                 steps=steps,
                 road_percentages=percentages, road_noise=road_noise, insertion_start=insertion_start,
                 tolerance=tolerance, class_names=class_names, preset=preset, device=device, options=options,
-                on_start=on_start, on_progress=lambda n: progress.advance(task_id, n))
+                on_start=on_start, on_progress=lambda n: progress.advance(task_id, n), bgr=bgr,
+                resize_short=resize_short, crop=size_option(crop, "--crop"), letterbox=letterbox,
+                interpolation=interpolation, model_inputs=pairs(model_input, "--input"),
+                on_info=lambda line: err_console.print(Text(line)))
         finally:
             progress.stop()
     except (OnnxcamError, OSError) as e:

@@ -22,6 +22,7 @@ from onnxcam.cli.common import (
     fail,
     floats,
     method_options,
+    pairs,
     quiet_opencv,
     split,
 )
@@ -38,14 +39,30 @@ def explain(
     layer: Annotated[list[str], typer.Option(help="Tensor(s) to explain, comma-separated or repeated; several are "
                                               "averaged (default: the last spatial feature map; see 'onnxcam "
                                               "inspect').")] = [],  # noqa: B006
-    target: Annotated[str | None, typer.Option("--target", "-t", help="Class index or label name to explain "
-                                               "(default: the predicted class).")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Class label or index to explain (a label "
+                                               "wins; '#N' is always index N) (default: the predicted class).")
+                      ] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Explain the K best classes per image.")
                      ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("onnxcam-out"),
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per onnxruntime run.")] = 8,
-    preset: Annotated[str | None, typer.Option(help="Preprocessing preset: imagenet, inception, raw255, caffe, unit "
-                                               "(default: model metadata, else imagenet).")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preprocessing preset: imagenet, imagenet-crop (short side 256, "
+                                               "centre crop 224: torchvision/timm), inception, raw255, caffe, unit, "
+                                               "yolo (letterbox, x/255) (default: model metadata, else a guess; "
+                                               "the run prints which).")] = None,
+    resize_short: Annotated[int | None, typer.Option(min=1, help="Resize the short side to N (keeping the aspect "
+                                                     "ratio), then centre-crop the input size.")] = None,
+    crop: Annotated[str | None, typer.Option(help="Centre crop N or HxW after resizing the short side (sets the "
+                                             "input size of a model with a dynamic one).")] = None,
+    letterbox: Annotated[bool | None, typer.Option("--letterbox/--no-letterbox", help="Fit the whole image in the "
+                                                   "input keeping its aspect ratio and pad the rest (--pad-value), "
+                                                   "as Ultralytics does.")] = None,
+    interpolation: Annotated[str | None, typer.Option(help="Resize filter: auto (area when shrinking, else "
+                                                      "bilinear), nearest, bilinear, bicubic, area, lanczos.")
+                             ] = None,
+    pad_value: Annotated[float | None, typer.Option(help="Letterbox padding pixel value (default 114).")] = None,
+    model_input: Annotated[list[str], typer.Option("--input", help="A value for a model input beside the image: "
+                                                   "NAME=FILE.npy (repeatable).")] = [],  # noqa: B006
     mean: Annotated[str | None, typer.Option(help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[str | None, typer.Option(help="Per-channel std after scaling, e.g. 0.229,0.224,0.225.")] = None,
     scale: Annotated[float | None, typer.Option(help="Pixel multiplier before mean/std (e.g. 0.00392 = 1/255).")
@@ -56,8 +73,9 @@ def explain(
     extra_tokens: Annotated[int | None, typer.Option(min=0, help="Transformers: class/distillation/register "
                                                      "tokens before the patch tokens (default: inferred).")] = None,
     bgr: Annotated[bool | None, typer.Option("--bgr/--rgb", help="Channel order fed to the model.")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Class names: text (one per line) or JSON list/dict "
-                                                "(default: the model's 'labels' metadata).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Class names: text (one per line), JSON list/dict or CSV "
+                                                "'index,name' (default: the model's metadata, else ImageNet-1k "
+                                                "names for 1000 classes).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or tensorrt.")] = "auto",
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Overlay opacity of the heat map.")] = 0.5,
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, viridis, magma or hot.")] = "jet",
@@ -121,7 +139,10 @@ def explain(
                 mean=floats(mean, "--mean"), std=floats(std, "--std"), size=size_option(size), bgr=bgr, scale=scale,
                 grid=parse_grid(grid) if grid else None, extra_tokens=extra_tokens, labels=labels, device=device,
                 alpha=alpha, colormap=colormap, resume=resume, on_start=counted_start, on_image=counted_image,
-                on_note=_note, engine=engine, address=address, workers=workers, method_options=options)
+                on_note=_note, engine=engine, address=address, workers=workers, method_options=options,
+                resize_short=resize_short, crop=size_option(crop, "--crop"), letterbox=letterbox,
+                interpolation=interpolation, pad_value=pad_value, model_inputs=pairs(model_input, "--input"),
+                on_info=_info)
         finally:
             progress.stop()
     except KeyboardInterrupt:
@@ -146,6 +167,10 @@ def explain(
     console.print(f"report: {summary.report}", markup=False, highlight=False)
     if failures or summary.stopped:
         raise typer.Exit(1)
+
+
+def _info(line: str) -> None:
+    err_console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
 
 
 def _note(note: str) -> None:

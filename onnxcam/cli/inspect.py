@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxcam.cli.common import console, fail
-from onnxcam.errors import GradientError, OnnxcamError
+from onnxcam.errors import GradientError, InputError, OnnxcamError
 
 
 def inspect(
@@ -37,9 +37,18 @@ def describe_model(model_path: Path) -> dict[str, Any]:
     from onnxcam.graph.reverse.model import gradient_model, reverse_model
     from onnxcam.graph.reverse.relevance import LrpOptions
     from onnxcam.graph.topo import elem_types, static_shapes
-    from onnxcam.images import model_labels, model_metadata, resolve_preprocessing
+    from onnxcam.images import preprocessing_problems, resolve_preprocessing
+    from onnxcam.inputs import prepare_model
+    from onnxcam.labels import find_labels, metadata_problems
     from onnxcam.methods import METHODS
 
+    try:
+        prepared = prepare_model(model_path)  # refuses what is not an image model
+        extra = None
+    except InputError as e:  # inputs beside the image: described, explained once they are given (--input)
+        if not str(e).startswith("the model has"):
+            raise
+        prepared, extra = None, str(e)
     ex = Explainer(model_path, device="cpu")
     graph = ex.model.graph
     shapes, types = static_shapes(graph), elem_types(graph)
@@ -51,8 +60,10 @@ def describe_model(model_path: Path) -> dict[str, Any]:
                 "dtype": _type_name(types.get(name))}
 
     spec = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout)
-    meta = model_metadata(ex.model)
-    labels = model_labels(ex.model)
+    found = find_labels(None, ex.model, ex.classes)
+    labels = found.names
+    notes = (prepared.notes if prepared else []) + preprocessing_problems(ex.model) + metadata_problems(ex.model,
+                                                                                                      ex.classes)
     default = ex.default_layer
     layers = [{**describe(t.name), "op": t.op_type, "layout": t.layout, "default": t.name == default,
                "module": ex.module_path(t.name)} for t in ex.tensors if t.spatial and t.op_type]
@@ -73,9 +84,11 @@ def describe_model(model_path: Path) -> dict[str, Any]:
                    if i.name not in weights],
         "outputs": [describe(o.name) for o in graph.output],
         "score": {"output": ex.output, "tensor": ex.score, "before_softmax": ex.score != ex.output},
-        "preprocessing": {**spec.describe(), "source": "model metadata" if "preprocessing" in meta
-                          else "default (imagenet for float inputs, raw pixels for uint8)"},
-        "labels": {"count": len(labels), "first": labels[:5]} if labels else None,
+        "extra_inputs": extra,
+        "preprocessing": {**spec.describe(), "source": spec.source, "summary": spec.summary()},
+        "labels": {"count": len(labels), "first": labels[:5], "source": found.source} if labels else None,
+        "labels_source": found.source,
+        "notes": notes,
         "default_layer": default,
         "layers": layers,
         "methods": {"working": working, "gradient_free": gradient_free, "gradient_error": problem},
@@ -104,12 +117,14 @@ def _print_inspect(info: dict[str, Any], all_layers: bool) -> None:
     console.print(Text(f"score: output '{score['output']}'" + (
         f", differentiated before its Softmax/Sigmoid at '{score['tensor']}' (logits)" if score["before_softmax"]
         else " (taken as logits)")))
+    if info.get("extra_inputs"):
+        console.print(Text(f"inputs: {info['extra_inputs']}", style="yellow"))
     pre = info["preprocessing"]
-    console.print(Text(f"preprocessing ({pre['source']}): size {pre['size'][0]}x{pre['size'][1]} {pre['layout']} "
-                       f"{pre['channel_order']} {pre['dtype']}, x = (pixel * {pre['scale']:.6g} - mean {pre['mean']}) "
-                       f"/ std {pre['std']}"))
-    if info["labels"]:
-        console.print(Text(f"labels: {info['labels']['count']} in metadata, e.g. {', '.join(info['labels']['first'])}"))
+    console.print(Text(f"preprocessing: {pre['source']}: {pre['summary']}"))
+    labels = info["labels"]
+    console.print(Text(f"labels: {info['labels_source']}" + (f", e.g. {', '.join(labels['first'])}" if labels else "")))
+    for note in info["notes"]:
+        console.print(Text(f"note: {note}", style="yellow"))
     layers = info["layers"] if all_layers else info["layers"][-15:]
     if not any(d["default"] for d in layers):  # e.g. a ViT's default sits before the last block's attention
         layers = [d for d in info["layers"] if d["default"]] + layers

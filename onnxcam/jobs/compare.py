@@ -37,7 +37,7 @@ from onnxcam.explainer import Explainer
 from onnxcam.files import OutputFolder, collect_inputs, printable, write_bytes
 from onnxcam.graph.load import ModelSource, model_name
 from onnxcam.images import ImageError, Preprocessing, preprocess, read_image, resolve_preprocessing, resolve_target
-from onnxcam.jobs.explain import _check_single_input
+from onnxcam.inputs import prepare_model
 from onnxcam.jobs.lock import OutputLock
 from onnxcam.jobs.records import Record, dumps
 from onnxcam.jobs.worker import FATAL
@@ -228,8 +228,7 @@ class _Side:
 
 
 def _side(tag: str, model: ModelSource, layer: str | Sequence[str] | None, device: str) -> _Side:
-    ex = Explainer(model, layer=layer, device=device)
-    _check_single_input(ex)
+    ex = Explainer(prepare_model(model).model, layer=layer, device=device)  # extra inputs: metadata defaults
     name = printable(model_name(model))
     if ex.task not in (None, "classify"):
         raise InputError(f"model {tag} ({name}) is a {ex.task} model; compare explains classifiers (an (N, classes) "

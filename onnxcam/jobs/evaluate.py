@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,15 +35,17 @@ from onnxcam.graph.load import ModelSource, model_name
 from onnxcam.images import (
     IMAGE_SUFFIXES,
     ImageError,
-    model_labels,
+    geometry,
+    map_to_image,
     preprocess,
+    preprocessing_problems,
     read_image,
-    read_labels,
     resolve_preprocessing,
-    resolve_target,
 )
+from onnxcam.inputs import InputValue, prepare_model
+from onnxcam.labels import find_labels, metadata_problems, resolve_target
 from onnxcam.methods import get_method
-from onnxcam.render import resize_map, write_bytes, write_png
+from onnxcam.render import write_bytes, write_png
 
 # metric name -> (higher is better, short column title)
 METRICS: dict[str, tuple[bool, str]] = {
@@ -228,10 +230,17 @@ def evaluate(model: ModelSource, data: str | os.PathLike, methods: Sequence[str]
              class_names: str | os.PathLike | None = None, preset: str | None = None, device: str = "auto",
              options: dict[str, Any] | None = None, seed: int = 0, explainer: Explainer | None = None,
              on_start: Callable[[int], None] | None = None,
-             on_progress: Callable[[int], None] | None = None) -> Evaluation:
+             on_progress: Callable[[int], None] | None = None, bgr: bool | None = None,
+             resize_short: int | None = None, crop: int | Sequence[int] | None = None,
+             letterbox: bool | None = None, interpolation: str | None = None, pad_value: float | None = None,
+             model_inputs: Mapping[str, InputValue] | None = None,
+             on_info: Callable[[str], None] | None = None) -> Evaluation:
     """Score `methods` on the images under `data`; see the module docstring. Returns an Evaluation (also written
     to `out` when given). limit: the first N items only; limits: per method, e.g. {"scorecam": 50};
-    metric_limits: per metric or group, e.g. {"road": 50} (ROAD's sparse solves are the slowest part)."""
+    metric_limits: per metric or group, e.g. {"road": 50} (ROAD's sparse solves are the slowest part).
+    preset, bgr, resize_short, crop, letterbox, interpolation, pad_value: preprocessing (see `onnxcam explain`);
+    model_inputs: values of model inputs beside the image (onnxcam.inputs); on_info gets the preprocessing and
+    labels lines once, before any image."""
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
@@ -262,13 +271,24 @@ def evaluate(model: ModelSource, data: str | os.PathLike, methods: Sequence[str]
         raise InputError(f"insertion/deletion steps must be at least 1, got {steps}")
     if not road_percentages or any(not 0 < float(p) < 100 for p in road_percentages):
         raise InputError(f"ROAD percentages must lie strictly between 0 and 100, got {list(road_percentages)}")
-    ex = explainer or Explainer(model, layer=layer, device=device)
-    if preset is not None or explainer is None:
-        ex.preprocessing = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout, preset)
+    prepared = prepare_model(explainer.model if explainer is not None else model, model_inputs)
+    ex = explainer or Explainer(prepared.model, layer=layer, device=device)
+    flags = (bgr, resize_short, crop, letterbox, interpolation, pad_value)
+    if preset is not None or explainer is None or any(v is not None for v in flags):
+        ex.preprocessing = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout, preset, bgr=bgr,
+                                                 resize_short=resize_short, crop=crop, letterbox=letterbox,
+                                                 interpolation=interpolation, pad_value=pad_value)
     act = M.activation_for(ex) if activation == "auto" else activation
     data_path = Path(data)
     notes: list[str] = []
-    items = _items(ex, data_path, labels, masks, class_names, out, notes)
+    classes = ex.scores(_probe(ex)).shape[1]
+    found = find_labels(class_names, ex.model, classes)
+    notes += prepared.notes + preprocessing_problems(ex.model) + (metadata_problems(ex.model, classes)
+                                                                  if class_names is None else [])
+    for line in (f"preprocessing: {ex.preprocessing.line()}", f"labels: {found.source}"):
+        if on_info:
+            on_info(line)
+    items = _items(ex, data_path, labels, masks, found.names, classes, out, notes)
     if limit is not None:
         items = items[:limit]
     wanted_masks = any(m in chosen for m in LOCALISATION)
@@ -293,7 +313,8 @@ def evaluate(model: ModelSource, data: str | os.PathLike, methods: Sequence[str]
     settings = {"steps": steps, "insertion_start": insertion_start, "road_percentages": list(road_percentages),
                 "road_noise": road_noise, "pointing_tolerance_px": tolerance, "batch_size": batch_size,
                 "limits": dict(limits or {}), "metric_limits": dict(metric_limits or {}),
-                "options": dict(options or {}), "seed": seed}
+                "options": dict(options or {}), "seed": seed, "preprocessing": ex.preprocessing.describe(),
+                "preprocessing_source": ex.preprocessing.source, "labels_source": found.source}
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         loaded = []
@@ -367,7 +388,7 @@ def evaluate(model: ModelSource, data: str | os.PathLike, methods: Sequence[str]
 
 
 def _items(ex: Explainer, data: Path, labels: str | os.PathLike | None, masks: str | os.PathLike | None,
-           class_names: str | os.PathLike | None, out: str | os.PathLike | None, notes: list[str]) -> list[Item]:
+           names: list[str] | None, classes: int, out: str | os.PathLike | None, notes: list[str]) -> list[Item]:
     mask_dir = Path(masks) if masks is not None else _beside(data, "masks", want_dir=True)
     if masks is not None and not mask_dir.is_dir():  # type: ignore[union-attr]
         raise InputError(f"masks folder {masks} does not exist")
@@ -380,8 +401,6 @@ def _items(ex: Explainer, data: Path, labels: str | os.PathLike | None, masks: s
         raise InputError(f"labels csv {labels} does not exist")
     if labels is None and csv_path is not None:
         notes.append(f"using ground-truth classes from {csv_path} (found beside the data)")
-    names = read_labels(class_names) if class_names is not None else model_labels(ex.model)
-    classes = ex.scores(_probe(ex)).shape[1]
     rows = read_label_rows(csv_path, data, images, names, classes) if csv_path is not None else []
     by_file: dict[Path, list[int]] = {}
     for file, target in rows:
@@ -463,7 +482,7 @@ def _score_method(ex: Explainer, method: str, x: np.ndarray, targets: np.ndarray
         for i in present:
             region = regions[i]
             assert region is not None
-            full = resize_map(maps[i], rgbs[i].shape[:2])[None]
+            full = map_to_image(maps[i], geometry(rgbs[i].shape[:2], ex.preprocessing))[None]
             pg[i] = M.pointing_game(full, region[None], tolerance)[0]
             energy[i] = M.energy_pointing_game(full, [M.mask_box(region)])[0]
         if "pointing_game" in chosen:

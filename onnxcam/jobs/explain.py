@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,18 @@ import numpy as np
 
 from onnxcam.errors import InputError, OnnxcamError
 from onnxcam.explainer import Explainer
-from onnxcam.files import InputFile, OutputFolder, collect_inputs, printable, remove_stale_temporaries, write_bytes
-from onnxcam.graph.load import ModelSource, model_name
-from onnxcam.images import (
-    check_labels,
-    model_labels,
-    preprocess,
-    read_image,
-    read_labels,
-    resolve_preprocessing,
-    resolve_target,
+from onnxcam.files import (
+    InputFile,
+    OutputFolder,
+    collect_inputs,
+    is_disk_full,
+    printable,
+    remove_stale_temporaries,
+    write_bytes,
 )
+from onnxcam.graph.load import ModelSource, model_name
+from onnxcam.images import preprocess, preprocessing_problems, read_image, resolve_preprocessing
+from onnxcam.inputs import InputValue, prepare_model
 from onnxcam.jobs.lock import OutputLock
 from onnxcam.jobs.pipeline import run_ordered
 from onnxcam.jobs.records import (
@@ -44,9 +45,11 @@ from onnxcam.jobs.records import (
     Unit,
     check_resume,
     dumps,
+    failed_record,
     previous_records,
 )
 from onnxcam.jobs.worker import RunSpec, Worker
+from onnxcam.labels import find_labels, metadata_problems, resolve_target
 from onnxcam.methods import get_method
 from onnxcam.render import npy_complete, read_rgb, report_html, thumbnail_data_uri
 from onnxcam.targets import TASKS, TargetPlan
@@ -73,7 +76,11 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
             grid: tuple[int, int] | None = None, extra_tokens: int | None = None,
             on_start: Callable[[int], None] | None = None, on_image: Callable[[Record], None] | None = None,
             on_note: Callable[[str], None] | None = None, engine: str = "local", address: str | None = None,
-            workers: int | None = None, method_options: dict[str, dict[str, Any]] | None = None) -> Summary:
+            workers: int | None = None, method_options: dict[str, dict[str, Any]] | None = None,
+            resize_short: int | None = None, crop: int | Sequence[int] | None = None, letterbox: bool | None = None,
+            interpolation: str | None = None, pad_value: float | None = None,
+            model_inputs: Mapping[str, InputValue] | None = None,
+            on_info: Callable[[str], None] | None = None) -> Summary:
     """Explain image files with `methods`; see the module docstring for what is written. Returns a Summary.
 
     task: classify / segment / detect / embed (None: the model's metadata, else its output's rank).
@@ -81,6 +88,11 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
     detections with threshold); top_k: the k best classes (classifiers); mask: a mask image (segmentation);
     box: one detection row; threshold: every detection scoring at least this, best first, at most
     max_detections; reference: an image whose embedding the similarity is measured to.
+    preset, mean, std, size, bgr, scale, resize_short, crop, letterbox, interpolation, pad_value: preprocessing
+    (onnxcam.images.resolve_preprocessing; None: the model's metadata, else a guess). labels: a file or a list
+    (None: the model's metadata, else ImageNet-1k names for 1000 classes; onnxcam.labels). model_inputs: values of
+    the model's inputs beside the image, {name: .npy path or array} (onnxcam.inputs).
+    on_info gets the run's header lines once, before any image: the preprocessing and the labels' source.
     engine: "local" (this process; decoding, inference and writing overlap on threads) or "ray" (Ray Data actors,
     see onnxcam.jobs.ray; address: the cluster, None starts a local one; workers: actors).
     on_image is called once per image in input order. Raises OnnxcamError for mistakes found before any image is
@@ -103,23 +115,36 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
     if not methods:
         raise InputError("no method given")
     options = {m: get_method(m).accepts(dict((method_options or {}).get(m, {}))) for m in methods}
-    ex = explainer or Explainer(model, layer=layer, device=device, grid=grid, extra_tokens=extra_tokens)
-    _check_single_input(ex)
-    for note in ex.notes:  # e.g. NMS inside the graph: the raw predictions before it are explained
-        if on_note:
-            on_note(note)
-    spec_pre = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout, preset, mean, std, size, bgr, scale)
+    if explainer is not None and model_inputs:
+        raise InputError("model inputs cannot be folded into a given explainer; make it from the model with the inputs "
+                         "folded in (onnxcam.inputs.prepare_model)")
+    prepared = prepare_model(explainer.model if explainer is not None else model, model_inputs)
+    ex = explainer or Explainer(prepared.model, layer=layer, device=device, grid=grid, extra_tokens=extra_tokens)
+    notes = list(prepared.notes) + list(ex.notes)  # e.g. NMS inside the graph: the raw predictions before it
+    spec_pre = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout, preset, mean, std, size, bgr, scale,
+                                     resize_short=resize_short, crop=crop, letterbox=letterbox,
+                                     interpolation=interpolation, pad_value=pad_value)
     ex.preprocessing = spec_pre
     task = task or ex.task or "classify"
-    label_list = _labels(labels, ex, ex.classes if task == "classify" else None)
-    plan = _plan(ex, task, target, top_k, mask, box, threshold, max_detections, reference, label_list, spec_pre)
+    classes = ex.classes if task == "classify" else None
+    found = find_labels(labels, ex.model, classes)
+    notes += preprocessing_problems(ex.model) + (metadata_problems(ex.model, classes) if labels is None else [])
+    plan = _plan(ex, task, target, top_k, mask, box, threshold, max_detections, reference, found.names, spec_pre,
+                 notes)
+    for line in (f"preprocessing: {spec_pre.line()}", f"labels: {found.source}"):
+        if on_info:
+            on_info(line)
+    for note in notes:
+        if on_note:
+            on_note(note)
     items = collect_inputs(inputs, exclude=out)
     folder = OutputFolder(out)
     out_dir = folder.given
-    spec = RunSpec(os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else ex.model.SerializeToString(),
-                   {**_explainer_options(ex), "device": device}, spec_pre, methods, plan, str(folder.real), options,
-                   label_list, alpha, colormap, batch_size)
-    manifest = _manifest(model, ex, spec)
+    source = ex.model.SerializeToString() if prepared.folded or not isinstance(model, (str, os.PathLike)) else \
+        os.path.abspath(model)
+    spec = RunSpec(source, {**_explainer_options(ex), "device": device}, spec_pre, methods, plan, str(folder.real),
+                   options, found.names, alpha, colormap, batch_size, found.source)
+    manifest = _manifest(model, ex, spec, prepared.folded or None)
     summary = Summary(out=out_dir, total=len(items))
     with OutputLock(folder.real):
         if resume:
@@ -134,11 +159,16 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
         partial = folder.path(PARTIAL)
         if partial.is_symlink():  # planted: never write through it
             partial.unlink()
-        log = open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644), "w",
-                   encoding="utf-8")
+        log = _Log(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644))
         with log:
             def emit(records: list[Record]) -> None:
-                summary.log_image(records, log)
+                try:
+                    summary.log_image(records, log)
+                except OSError as e:  # the log's own append can be the write that finds the disk full
+                    if not is_disk_full(e):
+                        raise
+                    _log_unrecorded(records, folder, summary, log)
+                    raise DiskFull("no space left on device") from None
                 if on_image:
                     on_image(records[0])
                 if any(r["status"] == "failed" and "no space left on device" in (r.get("error") or "")
@@ -161,9 +191,10 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
                                    "continue")
         os.replace(partial, folder.path(RESULTS))
         summary.seconds = time.perf_counter() - start
+        modules = [m for m in (ex.module_path(name) for name in ex.layer) if m]
         meta = {"model": model_name(model), "task": task, "methods": ", ".join(methods), "layer": ", ".join(ex.layer),
-                "preprocessing": spec_pre.summary() if hasattr(spec_pre, "summary") else str(spec_pre.describe()),
-                "images": len(items), "failed": summary.failed}
+                **({"layer module": ", ".join(modules)} if modules else {}), "preprocessing": spec_pre.line(),
+                "labels": found.source, "images": len(items), "failed": summary.failed}
         try:
             write_report(summary, title=f"onnxcam: {Path(model_name(model)).name}", meta=meta,
                          made=worker.thumbnails if worker else None)
@@ -187,27 +218,63 @@ def explain_ray(model: ModelSource, inputs: Sequence[str | os.PathLike], out: st
     return explain(model, inputs, out, engine="ray", address=address, workers=workers, **options)
 
 
+class _Log:
+    """results.jsonl.partial, appended one image at a time: an append either lands whole or, when the disk is full,
+    is cut back, so the log never ends in half a line."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8")
+        start = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            os.ftruncate(self.fd, start)
+            raise
+
+    def flush(self) -> None:
+        pass  # every write goes straight to the file
+
+    def __enter__(self) -> _Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def _log_unrecorded(records: list[Record], folder: OutputFolder, summary: Summary, log: _Log) -> None:
+    """An image whose records found the disk full: its outputs (which no record would name) are removed, which
+    frees the space to record it as failed; --resume redoes it."""
+    for rec in records:
+        for path in (rec.get("paths") or {}).values():
+            try:
+                folder.path(str(path)).unlink(missing_ok=True)
+            except (OSError, InputError):
+                pass
+    first = records[0]
+    failed = failed_record(first["image"], first["name"], "writing the outputs failed: no space left on device",
+                           [str(r.get("method")) for r in records], first.get("layer"))
+    try:
+        summary.log_image([failed], log)
+    except OSError:
+        pass  # not even that fits: the run stops all the same
+
+
 # --- set-up ---------------------------------------------------------------------------------------------------------
 def _explainer_options(ex: Explainer) -> dict[str, Any]:
     """Everything the Explainer was made with, so a Ray actor builds the same one."""
     return {**ex.options, "layer": list(ex.layer)}
 
 
-def _check_single_input(ex: Explainer) -> None:
-    """A batch job feeds one image input; a model that needs more is refused before any image is read."""
-    weights = {t.name for t in ex.model.graph.initializer}
-    inputs = [i.name for i in ex.model.graph.input if i.name not in weights]
-    if len(inputs) > 1:
-        raise InputError(f"the model has {len(inputs)} inputs ({', '.join(printable(n) for n in inputs)}); onnxcam "
-                         f"feeds one image input ('{printable(ex.input_name)}'): export the model with the others "
-                         "folded in as constants")
-
-
 def _plan(ex: Explainer, task: str, target: int | str | None, top_k: int | None, mask: str | os.PathLike | None,
           box: int | None, threshold: float | None, max_detections: int, reference: str | os.PathLike | None,
-          labels: list[str] | None, spec: Any) -> TargetPlan:
+          labels: list[str] | None, spec: Any, notes: list[str]) -> TargetPlan:
     classes = ex.classes if task == "classify" else None
-    category = resolve_target(str(target), labels, classes) if target is not None else None
+    category = resolve_target(str(target), labels, classes, notes) if target is not None else None
     if top_k is not None and classes is not None and top_k > classes:
         raise InputError(f"top_k {top_k} is more than the model's {classes} classes")
     mask_pixels = _read_mask(mask) if mask is not None else None
@@ -215,29 +282,21 @@ def _plan(ex: Explainer, task: str, target: int | str | None, top_k: int | None,
     return TargetPlan(task, category, top_k, mask_pixels, box, threshold, max_detections, anchor)
 
 
-def _manifest(model: ModelSource, ex: Explainer, spec: RunSpec) -> dict[str, Any]:
+def _manifest(model: ModelSource, ex: Explainer, spec: RunSpec, folded: dict[str, Any] | None) -> dict[str, Any]:
     from onnxcam import __version__
 
     return {"onnxcam": __version__, "model": printable(model_name(model)),
             "model_sha256": ex.model_id,
             "layers": list(ex.layer), "methods": spec.methods, "method_options": spec.method_options,
             "targets": spec.plan.describe(), "preprocessing": spec.preprocessing.describe(),
+            "preprocessing_source": spec.preprocessing.source,
+            # the values decide the outputs (resume compares them), not where they were read from
+            "inputs": {k: {"shape": v["shape"], "sha256": v["sha256"]} for k, v in folded.items()} if folded else None,
+            "inputs_from": {k: v["from"] for k, v in folded.items()} if folded else None,
             "explainer": {k: v for k, v in spec.explainer.items() if k not in ("layer", "device")},
-            "labels": None if spec.labels is None else len(spec.labels), "alpha": spec.alpha,
+            "labels": None if spec.labels is None else len(spec.labels), "labels_source": spec.labels_source,
+            "layer_modules": [ex.module_path(name) for name in ex.layer], "alpha": spec.alpha,
             "colormap": spec.colormap}
-
-
-def _labels(labels: str | os.PathLike | Sequence[str] | None, ex: Explainer, classes: int | None) -> list[str] | None:
-    if labels is None:
-        found = model_labels(ex.model)
-        return found if found is not None and (classes is None or len(found) == classes) else None
-    if isinstance(labels, (str, os.PathLike)):
-        result = read_labels(labels)
-        check_labels(result, classes, f"labels file {labels}")
-    else:
-        result = [str(v) for v in labels]
-        check_labels(result, classes, "the labels list")
-    return result
 
 
 def _read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 from onnxcam.errors import InputError
 from onnxcam.files import printable
@@ -23,9 +23,18 @@ PARTIAL = RESULTS + ".partial"
 REPORT_LIMIT = 2000  # explained records kept in memory for report.html; results.jsonl always has them all
 FAILURE_LIMIT = 500  # failures kept for the report and the summary; the rest are counted (and all in results.jsonl)
 # Manifest entries that must match for --resume to continue a run (the rest is information).
-RESUME_KEYS = ("model_sha256", "layers", "methods", "method_options", "targets", "preprocessing", "explainer")
+RESUME_KEYS = ("model_sha256", "inputs", "layers", "methods", "method_options", "targets", "preprocessing",
+               "explainer")
 
 Record = dict[str, Any]
+
+
+class TextLog(Protocol):
+    """What results are appended to: an open text file, or the job's all-or-nothing log."""
+
+    def write(self, text: str, /) -> Any: ...
+
+    def flush(self) -> None: ...
 Unit = list[tuple[Any, "list[Record] | None"]]  # (input file, its kept records under --resume, or None)
 
 
@@ -63,7 +72,7 @@ class Summary:
     _kept_ok: int = 0
     _kept_failed: int = 0
 
-    def log_image(self, records: list[Record], log: IO[str]) -> None:
+    def log_image(self, records: list[Record], log: TextLog) -> None:
         """One image's records: appended to the open results log (flushed, so a kill loses no finished image)
         and counted as failed, skipped or done."""
         log.write("".join(dumps(rec) + "\n" for rec in records))

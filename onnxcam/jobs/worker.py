@@ -20,9 +20,9 @@ import numpy as np
 from onnxcam.errors import GradientError, InputError, LayerError, ModelError, OnnxcamError
 from onnxcam.explainer import Explainer
 from onnxcam.files import InputFile, OutputFolder, is_disk_full, printable, write_bytes
-from onnxcam.images import ImageError, Preprocessing, preprocess, read_image
+from onnxcam.images import ImageError, Preprocessing, box_to_image, geometry, map_to_image, preprocess, read_image
 from onnxcam.jobs.records import REPORT_LIMIT, Record, failed_record
-from onnxcam.render import draw_boxes, encode_png, npy_bytes, overlay, resize_map, thumbnail_data_uri
+from onnxcam.render import draw_boxes, encode_png, npy_bytes, overlay, thumbnail_data_uri
 from onnxcam.runtime import GPU_PROVIDERS
 from onnxcam.targets import Target, TargetPlan
 
@@ -45,6 +45,7 @@ class RunSpec:
     alpha: float = 0.5
     colormap: str = "jet"
     batch_size: int = 8
+    labels_source: str | None = None         # where the labels came from (onnxcam.labels.find_labels)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Worker:
         self.layer_text = ", ".join(self.ex.layer)
         modules = [self.ex.module_path(name) for name in self.ex.layer]
         self.module_text = ", ".join(m for m in modules if m) or None
+        self.preprocessing_text = spec.preprocessing.summary()
 
     def run(self, items: list[InputFile]) -> list[list[Record]]:
         """Records per input, in order: the three stages one after the other."""
@@ -244,22 +246,25 @@ class Worker:
     def _write(self, item: InputFile, rgb: np.ndarray, predicted: int | None, score: float | None,
                explained: list[Explained]) -> list[Record]:
         spec, labels = self.spec, self.spec.labels
-        h_in, w_in = explained[0].maps[spec.methods[0]].shape if explained and spec.methods else rgb.shape[:2]
-        sx, sy = rgb.shape[1] / w_in, rgb.shape[0] / h_in  # preprocessing resizes the whole image to the input
+        # maps and boxes are in model input pixels: back through the resize, crop or letterbox to the image's own
+        place = geometry(rgb.shape[:2], spec.preprocessing)
+        unseen = None if place.whole() else ~place.seen_mask()
+        seen = None if unseen is None else [round(v, 1) for v in place.seen()]
         records = []
         for method in spec.methods:
             for e, stem in zip(explained, self.stems(item, method, explained)):
                 t1 = time.perf_counter()
-                cam = resize_map(e.maps[method], rgb.shape[:2])
-                if not np.isfinite(cam).all():
+                if not np.isfinite(e.maps[method]).all():
                     raise InputError(f"the {method} map is not finite (NaN or Inf): the model's output "
                                      f"'{printable(self.ex.output)}' or its gradients overflow for this image")
+                cam = map_to_image(e.maps[method], place)
                 png, npy = f"{stem}.png", f"{stem}.npy"
                 picture = overlay(rgb, cam, spec.alpha, spec.colormap)
+                if unseen is not None:
+                    picture = _mark_unseen(picture, unseen)
                 box = None
                 if e.box is not None:
-                    x0, y0, x1, y1 = e.box
-                    box = [round(x0 * sx, 1), round(y0 * sy, 1), round(x1 * sx, 1), round(y1 * sy, 1)]
+                    box = [round(v, 1) for v in box_to_image(e.box, place)]
                     caption = _label(labels, e.target) or str(e.target)
                     picture = draw_boxes(picture, [box], [f"{caption} {e.value:.2f}"])
                 write_bytes(self.out.path(npy), npy_bytes(cam))
@@ -272,6 +277,7 @@ class Worker:
                     "score": score, "target": e.target, "label": _label(labels, e.target),
                     "target_score": e.value, "probability": e.probability, "target_kind": e.kind, "box": box,
                     "method": method, "layer": self.layer_text, "layer_module": self.module_text,
+                    "preprocessing": self.preprocessing_text, "labels_source": spec.labels_source, "seen": seen,
                     "paths": {"overlay": png, "map": npy},
                     "flat": bool(np.ptp(cam) == 0),
                     "seconds": round(e.seconds.get(method, 0.0) + time.perf_counter() - t1, 4)})
@@ -279,6 +285,18 @@ class Worker:
 
     def _failed(self, item: InputFile, error: str, seconds: float = 0.0) -> Record:
         return failed_record(os.fsdecode(item.path), item.name, error, self.spec.methods, self.layer_text, seconds)
+
+
+def _mark_unseen(picture: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+    """The pixels the model never saw (cut off by a centre crop), washed out grey and hatched: their map is 0
+    because the model had no evidence there, not because they do not matter."""
+    out = picture.copy()
+    washed = (picture[unseen].astype(np.float32) * 0.3 + 150.0).astype(np.uint8)
+    out[unseen] = washed
+    ys, xs = np.nonzero(unseen)
+    hatch = (ys + xs) % 10 < 2
+    out[ys[hatch], xs[hatch]] = 90
+    return out
 
 
 def _label(labels: list[str] | None, index: int | None) -> str | None:

@@ -1,0 +1,167 @@
+"""The model a job explains: one image input, checked, with any other input given a value.
+
+A model with inputs beside the image (an image-size or scale-factor input of a detector; constants an exporter
+left as inputs) runs when each of them has a value: `--input NAME=FILE.npy` (API: `inputs={"NAME": array or
+path}`), else the model's `input_defaults` metadata (JSON {name: nested list}). The values are folded into the
+graph as constants (onnxcam.graph.inputs). Otherwise the model is refused before any image is read, in one line
+that names its inputs; so is a model whose input is not a batch of images (token ids, tabular rows).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxcam.errors import InputError, ModelError
+from onnxcam.files import printable
+from onnxcam.graph.inputs import data_inputs, fold_inputs, input_signature
+from onnxcam.graph.load import ModelSource, load_model
+
+DEFAULTS_KEY = "input_defaults"
+IMAGE_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.UINT8)
+InputValue = str | os.PathLike | np.ndarray
+
+
+@dataclass
+class PreparedModel:
+    """What the Explainer is made from, and what was folded in."""
+    model: ModelSource                                  # the source itself when nothing was folded
+    image: str                                          # the image input's name
+    folded: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> {"from", "shape", "sha256"}
+    notes: list[str] = field(default_factory=list)      # metadata that could not be read, said once
+
+
+def prepare_model(source: ModelSource, given: Mapping[str, InputValue] | None = None) -> PreparedModel:
+    """Check `source`'s inputs and fold the values of the ones beside the image; see the module docstring."""
+    given = dict(given or {})
+    raw = _peek(source)
+    inputs = data_inputs(raw)
+    names = [i.name for i in inputs]
+    for name in given:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean '{printable(close[0])}'?)" if close else ""
+            raise InputError(f"--input {printable(name)}: the model has no input of that name{hint}; its inputs "
+                             f"are {', '.join(printable(n) for n in names)}")
+    defaults, notes = _metadata_defaults(raw)
+    image = _image_input(inputs, given)
+    check_image_input(raw, image)
+    others = [i for i in inputs if i.name != image]
+    missing = [i for i in others if i.name not in given and i.name not in defaults]
+    if missing:
+        wanted = "; ".join(f"{printable(i.name)}: {_signature_text(i)}" for i in missing)
+        raise InputError(f"the model has {len(inputs)} inputs ({', '.join(printable(n) for n in names)}); onnxcam "
+                         f"feeds the image to '{printable(image)}': give the other{'s' if len(missing) > 1 else ''} "
+                         f"with --input NAME=FILE.npy ({wanted}), or export the model with them folded in as "
+                         "constants")
+    if not others:
+        return PreparedModel(source, image, notes=notes)
+    values, folded = {}, {}
+    for value_info in others:
+        name = value_info.name
+        if name in given:
+            array, origin = _read_value(name, given[name]), _origin(given[name])
+        else:
+            array, origin = np.asarray(defaults[name]), f"model metadata '{DEFAULTS_KEY}'"
+        values[name] = _fit(value_info, array, origin)
+        folded[name] = {"from": origin, "shape": list(values[name].shape),
+                        "sha256": hashlib.sha256(np.ascontiguousarray(values[name]).tobytes()).hexdigest()}
+    return PreparedModel(fold_inputs(load_model(source), values, image), image, folded, notes)
+
+
+def check_image_input(model: onnx.ModelProto, name: str) -> None:
+    """Refuse an input that is not a batch of images: rank 4, float or uint8."""
+    value = next(i for i in model.graph.input if i.name == name)
+    tensor = value.type.tensor_type
+    if tensor.elem_type in IMAGE_TYPES and len(tensor.shape.dim) == 4:
+        return
+    dtype, dims = input_signature(value) if tensor.elem_type else (None, [])
+    looks = ("; it looks like a text model (token ids)" if dtype is not None and dtype.kind in "iu" and len(dims) <= 3
+             else "")
+    raise ModelError(f"the model's input '{printable(name)}' is {_signature_text(value)}: onnxcam explains image "
+                     "models, whose input is a batch of images, float or uint8, (N, C, H, W) or (N, H, W, C)"
+                     f"{looks}")
+
+
+def _peek(source: ModelSource) -> onnx.ModelProto:
+    """The model's graph without its external weights and without normalising it: enough to read its inputs."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, bytes):
+        return load_model(source)
+    if not os.path.isfile(source):
+        return load_model(source)  # says the file is missing, as everywhere
+    try:
+        return onnx.load(os.fspath(source), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: load_model says what is wrong
+        return load_model(source)
+
+
+def _image_input(inputs: list[onnx.ValueInfoProto], given: Mapping[str, Any]) -> str:
+    """The input the images go to: the only one without a given value, else the first rank-4 float or uint8 one
+    among those, else the first of them."""
+    free = [i for i in inputs if i.name not in given]
+    if not free:
+        raise InputError("every input of the model was given with --input; leave out the image input, onnxcam "
+                         "feeds it")
+    for value in free:
+        tensor = value.type.tensor_type
+        if tensor.elem_type in IMAGE_TYPES and len(tensor.shape.dim) == 4:
+            return value.name
+    return free[0].name
+
+
+def _metadata_defaults(model: onnx.ModelProto) -> tuple[dict[str, Any], list[str]]:
+    raw = next((p.value for p in model.metadata_props if p.key == DEFAULTS_KEY), None)
+    if not raw:
+        return {}, []
+    try:
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object {input name: value}")
+        return {str(k): v for k, v in value.items()}, []
+    except ValueError as e:
+        return {}, [f"the model's metadata '{DEFAULTS_KEY}' cannot be read ({e}); going on without it"]
+
+
+def _origin(value: InputValue) -> str:
+    return "an array" if isinstance(value, np.ndarray) else f"file {os.fsdecode(value)}"
+
+
+def _read_value(name: str, value: InputValue) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.load(value, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--input {printable(name)}={printable(os.fsdecode(value))}: cannot read it as a .npy "
+                         f"array ({e})") from None
+
+
+def _fit(value_info: onnx.ValueInfoProto, array: np.ndarray, origin: str) -> np.ndarray:
+    """`array` checked against the input's declared rank and fixed sizes and cast to its dtype."""
+    dtype, dims = input_signature(value_info)
+    name = printable(value_info.name)
+    if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and dtype.kind in "biu"):
+        raise InputError(f"input '{name}' is {_signature_text(value_info)} but {origin} holds {array.dtype} values")
+    if array.ndim != len(dims) or any(isinstance(d, int) and d > 0 and d != n for d, n in zip(dims, array.shape)):
+        raise InputError(f"input '{name}' is {_signature_text(value_info)} but {origin} holds an array of shape "
+                         f"{tuple(array.shape)}")
+    return array.astype(dtype)
+
+
+def _signature_text(value: onnx.ValueInfoProto) -> str:
+    tensor = value.type.tensor_type
+    if not tensor.elem_type:
+        return "not a tensor"
+    dtype, dims = input_signature(value)
+    shown = ", ".join("?" if d is None else str(d) for d in dims)
+    return f"{dtype.name} ({shown})"
