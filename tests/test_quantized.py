@@ -376,6 +376,7 @@ def test_dynamic_rewrite_computes_the_same_values(tmp_path: Path) -> None:
 def test_integer_op_without_float_equivalent_is_named_and_gradient_free_methods_still_work(tmp_path: Path) -> None:
     """MatMulNBits (4-bit weights, onnxruntime's LLM quantizer) has no rewrite: gradient methods stop there with one
     line naming it, and the gradient-free methods still explain the model."""
+    pytest.importorskip("onnx_ir", reason="onnxruntime's MatMulNBits quantizer needs onnx_ir")
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     rng = np.random.default_rng(2)
