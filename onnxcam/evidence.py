@@ -147,8 +147,12 @@ class ModelView:
         classes = len(labels) if labels else nms_classes(self.model) if has_nms else None
         return guess_detection_layout(shape, classes, model_metadata(self.model).get("detection"), post_nms)
 
-    def check(self, x: Any) -> np.ndarray:
-        array = check_input(x, self.input_name, self.input_shape, self.input_type)
+    def check(self, x: Any, any_batch: bool = False) -> np.ndarray:
+        """x as the input's dtype, its shape checked; any_batch: for callers that split x to a fixed batch."""
+        shape = self.input_shape
+        if any_batch and shape:
+            shape = (None, *shape[1:])
+        array = check_input(x, self.input_name, shape, self.input_type)
         if array.ndim != 4:
             raise InputError(f"x has shape {array.shape}; expected a batch of images (N, C, H, W) or (N, H, W, C)")
         return array

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -22,6 +22,7 @@ from onnxcam.cli.common import (
     fail,
     floats,
     method_options,
+    method_times,
     quiet_opencv,
     split,
 )
@@ -97,17 +98,7 @@ def explain(
     quiet_opencv()
     methods = split(method)
     layers = split(layer)
-    progress, on_start, on_image = explain_progress()
-    done = [0, 0]  # images finished, images in the run
-
-    def counted_start(total: int) -> None:
-        done[1] = total
-        on_start(total)
-
-    def counted_image(record: dict[str, Any]) -> None:
-        done[0] += 1
-        on_image(record)
-
+    progress = explain_progress()
     start = time.perf_counter()
     try:
         options = fit_options(model, methods, fit) or {}  # a wrong or missing fit file: usage error
@@ -120,12 +111,13 @@ def explain(
                 max_detections=max_detections, reference=reference, batch_size=batch_size, preset=preset,
                 mean=floats(mean, "--mean"), std=floats(std, "--std"), size=size_option(size), bgr=bgr, scale=scale,
                 grid=parse_grid(grid) if grid else None, extra_tokens=extra_tokens, labels=labels, device=device,
-                alpha=alpha, colormap=colormap, resume=resume, on_start=counted_start, on_image=counted_image,
-                on_note=_note, engine=engine, address=address, workers=workers, method_options=options)
+                alpha=alpha, colormap=colormap, resume=resume, on_start=progress.on_start,
+                on_image=progress.on_image, on_progress=progress.on_progress, on_note=_note, engine=engine,
+                address=address, workers=workers, method_options=options)
         finally:
             progress.stop()
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: {done[0]} of {done[1] or '?'} images done; continue with: "
+        typer.echo(f"interrupted: {progress.done} of {progress.total or '?'} images done; continue with: "
                    f"{_resume_command()}", err=True)
         raise typer.Exit(130) from None
     except (OnnxcamError, OSError) as e:
@@ -136,6 +128,9 @@ def explain(
         table.add_column(column, justify="right")
     table.add_row(str(summary.done), str(summary.failed), str(summary.skipped), f"{time.perf_counter() - start:.1f} s")
     console.print(table)
+    times = method_times(summary)
+    if times is not None and len(summary.method_seconds) > 1:
+        console.print(times)
     failures = [r for r in summary.records if r["status"] == "failed"]
     for rec in failures[:10]:
         console.print(Text(printable(f"failed: {rec['image']}: {rec['error']}"), style="red"))

@@ -88,6 +88,7 @@ def _score_weights(ev: Evidence, masks_of: Callable[[int, np.ndarray, int], np.n
                     total[start:start + len(ks)] += _softmax(scores)[:, target]
                 else:
                     total[start:start + len(ks)] += ev.target_scores(scores, i)
+                ev.done((i + (sample * len(run) + start + len(ks)) / (samples * max(1, len(run)))) / len(ev.targets))
         per_channel = np.empty(len(chosen))
         per_channel[~flat] = total[:int((~flat).sum())]
         per_channel[flat] = total[-1] if flat.any() else 0.0
@@ -129,6 +130,7 @@ def ablationcam(ev: Evidence, batch_size: int = 32, channels: int | None = None)
             keep[np.arange(len(ks)), ks] = 0
             scores = ablate(i, keep[:, :, 0, 0]) if ablate else ev.head_scores(acts[i][None], i, keep)
             ablated[start:start + len(ks)] = ev.target_scores(scores, i)
+            ev.done((i + (start + len(ks)) / len(chosen)) / len(ev.targets))
         weights[i, chosen] = (original - ablated) / (original if original != 0 else 1.0)
     return weights
 
@@ -154,6 +156,7 @@ def reciprocam(ev: Evidence, mode: str = "gaussian", batch_size: int = 32) -> np
             # a class's softmax probability (the paper's); other targets (segmentation, ...) use their value
             maps[i, positions] = _softmax(scores)[:, target] if ev.target_objects is None else \
                 ev.target_scores(scores, i)
+            ev.done((i + (positions[-1] + 1) / (h * w)) / n)
     return maps.reshape(n, h, w)
 
 
