@@ -76,12 +76,20 @@ def load_images(paths: PathLike | Sequence[PathLike], preprocessing: Any = None,
     from onnxcam.files import collect_inputs
 
     spec = _preprocessing(preprocessing, size)
-    items = collect_inputs([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))
+    # each path on its own: a file given twice is two images of the batch (a folder's files are listed once)
+    items = [item for path in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))
+             for item in collect_inputs([path])]
     if not items:
         raise InputError("no images found in the given paths")
     images = [read_image(item.path) for item in items]
     x = np.concatenate([preprocess(image, spec) for image in images])
-    return Images(x, images, [Path(item.path) for item in items], spec, [item.name for item in items])
+    names: list[str] = []
+    for item in items:
+        name, n = item.name, 2
+        while name in names:
+            name, n = f"{item.name}~{n}", n + 1
+        names.append(name)
+    return Images(x, images, [Path(item.path) for item in items], spec, names)
 
 
 def _preprocessing(given: Any, size: int | tuple[int, int] | None) -> Preprocessing:
