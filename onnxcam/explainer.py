@@ -219,7 +219,7 @@ class Explainer:
         ids = target_ids(targets, len(x), scores.shape[1])
         chosen = scores.argmax(axis=1) if ids is None else ids
         width_axis = 3 if self.input_layout == "NCHW" else 2
-        maps = []
+        maps: list[np.ndarray] = []
         for flip in (False, True):
             for factor in (0.9, 1.0, 1.1):
                 xt = np.flip(x, axis=width_axis) if flip else x

@@ -277,7 +277,7 @@ def resolve_target(target: str, labels: list[str] | None, classes: int | None) -
             raise InputError(f"target class {index} is out of range (the model has {classes} classes)")
         return index
     if not labels:
-        raise InputError(f"target '{target}' is not a class index and no labels are known; pass --labels")
+        raise InputError(f"target '{target}' is not a class index and no class names are known; pass --class-names")
     if text in labels:
         return labels.index(text)
     lowered = [label.lower() for label in labels]

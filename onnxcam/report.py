@@ -179,12 +179,11 @@ def header_from_manifest(manifest: dict[str, Any] | None, extra: dict[str, Any] 
         head.rows.append(("model", model))
     if m.get("model_sha256"):
         head.rows.append(("SHA-256", _text(m["model_sha256"])))
-    targets = m.get("targets") if isinstance(m.get("targets"), dict) else {}
+    targets = _dict(m, "targets")
     head.task = _text(targets.get("task")) or None
     if targets:
         head.rows.append(("task", _targets_text(targets)))
-    layers = m.get("layers") if isinstance(m.get("layers"), list) else []
-    modules = m.get("layer_modules") if isinstance(m.get("layer_modules"), list) else []
+    layers, modules = _list(m, "layers"), _list(m, "layer_modules")
     if layers:
         head.rows.append(("layer", "; ".join(_text(layer) + (f" (module {modules[i]})" if i < len(modules) and
                                                              modules[i] else "") for i, layer in enumerate(layers))))
@@ -192,9 +191,9 @@ def header_from_manifest(manifest: dict[str, Any] | None, extra: dict[str, Any] 
         head.rows.append(("preprocessing", preprocessing_text(m["preprocessing"])))
     if m.get("label_source") or m.get("labels") is not None:
         head.rows.append(("class names", _text(m.get("label_source") or f"{m.get('labels')} names")))
-    options = m.get("method_options") if isinstance(m.get("method_options"), dict) else {}
+    options = _dict(m, "method_options")
     head.method_options = {k: v for k, v in options.items() if isinstance(v, dict)}
-    explainer = m.get("explainer") if isinstance(m.get("explainer"), dict) else {}
+    explainer = _dict(m, "explainer")
     chosen = {k: v for k, v in explainer.items() if v not in (None, False) and not (k == "extra_tokens_at" and
                                                                                     v == "start")}
     if m.get("device"):
@@ -209,6 +208,16 @@ def header_from_manifest(manifest: dict[str, Any] | None, extra: dict[str, Any] 
     for key, value in (extra or {}).items():
         head.rows.append((str(key), _text(value)))
     return head
+
+
+def _dict(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    value = mapping.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _list(mapping: dict[str, Any], key: str) -> list[Any]:
+    value = mapping.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _targets_text(targets: dict[str, Any]) -> str:

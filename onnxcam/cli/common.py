@@ -59,6 +59,18 @@ def pairs(values: list[str], option: str) -> dict[str, str]:
     return out
 
 
+def alias(new: Any, old: Any, new_flag: str, old_flag: str, command: str) -> Any:
+    """The value of `new_flag`, or of its deprecated alias `old_flag` with a warning on stderr (both given and
+    different: a usage error)."""
+    if old is None:
+        return new
+    if new is not None and new != old:
+        raise InputError(f"{old_flag} is the old name of {new_flag}: give one of them")
+    err_console.print(f"warning: '{command} {old_flag}' is deprecated; use {new_flag} (the same value)",
+                      style="yellow", markup=False, highlight=False)
+    return old
+
+
 def option_value(text: str) -> Any:
     """A method option from the command line: JSON when it parses (numbers, true/false, lists), else text."""
     try:

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxcam.cli.common import (
+    alias,
     console,
     err_console,
     explain_progress,
@@ -57,8 +58,10 @@ def explain(
     extra_tokens: Annotated[int | None, typer.Option(min=0, help="Transformers: class/distillation/register "
                                                      "tokens before the patch tokens (default: inferred).")] = None,
     bgr: Annotated[bool | None, typer.Option("--bgr/--rgb", help="Channel order fed to the model.")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Class names: text (one per line) or JSON list/dict "
-                                                "(default: the model's 'labels' metadata).")] = None,
+    class_names: Annotated[Path | None, typer.Option("--class-names", help="Class names: text (one per line) or "
+                                                     "JSON list/dict (default: the model's 'labels' metadata).")
+                           ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", hidden=True, help="Deprecated: --class-names.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or tensorrt.")] = "auto",
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Overlay opacity of the heat map.")] = 0.5,
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, viridis, magma or hot.")] = "jet",
@@ -101,6 +104,7 @@ def explain(
     progress = explain_progress()
     start = time.perf_counter()
     try:
+        names = alias(class_names, labels, "--class-names", "--labels", "explain")
         options = fit_options(model, methods, fit) or {}  # a wrong or missing fit file: usage error
         for name, chosen in method_options(methods, option).items():
             options[name] = {**options.get(name, {}), **chosen}
@@ -110,7 +114,7 @@ def explain(
                 target=target, top_k=top_k, task=task, mask=mask, box=box, threshold=threshold,
                 max_detections=max_detections, reference=reference, batch_size=batch_size, preset=preset,
                 mean=floats(mean, "--mean"), std=floats(std, "--std"), size=size_option(size), bgr=bgr, scale=scale,
-                grid=parse_grid(grid) if grid else None, extra_tokens=extra_tokens, labels=labels, device=device,
+                grid=parse_grid(grid) if grid else None, extra_tokens=extra_tokens, labels=names, device=device,
                 alpha=alpha, colormap=colormap, resume=resume, on_start=progress.on_start,
                 on_image=progress.on_image, on_progress=progress.on_progress, on_note=_note, engine=engine,
                 address=address, workers=workers, method_options=options)
