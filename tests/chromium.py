@@ -133,7 +133,11 @@ class Chromium:
 
     def screenshot(self, path: str | os.PathLike, full_page: bool = False, clip: dict[str, float] | None = None
                    ) -> None:
-        params: dict[str, Any] = {"format": "png", "captureBeyondViewport": full_page}
+        jpeg = str(path).lower().endswith((".jpg", ".jpeg"))
+        params: dict[str, Any] = {"format": "jpeg" if jpeg else "png",
+                                  "captureBeyondViewport": full_page or clip is not None}
+        if jpeg:
+            params["quality"] = 85
         if clip:
             params["clip"] = {**clip, "scale": 1}
         elif full_page:
