@@ -300,13 +300,15 @@ def page(gallery: Gallery, header: Header, counts: dict[str, Any] | None = None)
 
 def _header_html(header: Header, gallery: Gallery, counts: dict[str, Any]) -> str:
     rows = list(header.rows)
-    summary = [f"{counts[k]} {k}" for k in ("images", "done", "failed", "skipped") if counts.get(k) is not None]
+    summary = [f"{counts[k]} {'image' if k == 'images' and counts[k] == 1 else k}"
+               for k in ("images", "done", "failed", "skipped") if counts.get(k) is not None]
     if summary:
         rows.insert(0, ("run", ", ".join(summary) + (f" in {counts['seconds']:.1f} s" if counts.get("seconds")
                                                       else "")))
     if gallery.flat:
         rows.append(("warnings", f"{gallery.flat} flat map(s): the method found no evidence for the target there "
-                                 "(constant map, e.g. all-zero gradients); tick 'warnings only' to see them"))
+                                 "(a constant map: all-zero gradients or scores, or NaN/Inf replaced by zeros); tick "
+                                 "'warnings only' to see them"))
     if gallery.shown < gallery.records - gallery.failed:
         rows.append(("shown", f"{gallery.shown + len(gallery.failures)} of {gallery.records} records (all in "
                               "results.jsonl)"))
@@ -453,7 +455,8 @@ function picture(src,full,text,fallback){var f=el("figure"),img=el("img");img.lo
   var k=figs.length;figs.push({full:url(full),text:text});img.addEventListener("click",function(){open(k);});
   f.appendChild(img);return f;}
 function section(i){var im=I[i],s=el("section","img"),h=el("h2");s.id="image-"+i;
-  var nm=el("span","name",im[1]||im[0]);nm.title=im[0];h.appendChild(nm);if(im[3])h.appendChild(el("span","pred",im[3]));
+  var nm=el("span","name",im[1]||im[0]);nm.title=im[0];h.appendChild(nm);
+  if(im[3])h.appendChild(el("span","pred",im[3]));
   if(im[4])h.appendChild(el("span","badge kept","kept from an earlier run"));s.appendChild(h);
   var cols=M.map(function(_,m){return m;}).filter(function(m){return S.on[m];});
   var g=el("div","grid");g.style.gridTemplateColumns="repeat("+(cols.length+1)+",var(--w))";
@@ -466,7 +469,8 @@ function section(i){var im=I[i],s=el("section","img"),h=el("h2");s.id="image-"+i
       var prev="report_files/"+c[1].replace(/\.png$/,"")+".jpg",text=caption(r)+" \u00b7 "+M[m];
       var f=picture(prev,c[1],text,c[1]),cap=el("figcaption",null,caption(r));
       if(c[2]){var b=el("span","badge warn","\u26a0 flat map");b.title="the map is constant: "+M[m]+
-        " found no evidence for this target (e.g. all-zero gradients or scores)";cap.appendChild(b);}
+        " found no evidence for this target (all-zero gradients or scores, or NaN/Inf replaced by zeros)";
+        cap.appendChild(b);}
       if(c[3]!=null)cap.title=M[m]+": "+num(c[3])+" s (this image's share of its batch)";
       f.appendChild(cap);g.appendChild(f);});});
   s.appendChild(g);return s;}

@@ -52,7 +52,7 @@ def test_the_page_groups_records_by_image_target_and_method(run: Path) -> None:
     data = read_data(run / "report.html")
     assert data["methods"] == ["gradcam", "eigencam"] and data["value"] == "logit"
     assert len(data["images"]) == 5
-    for shown, name, preview, predicted, kept, rows in data["images"]:
+    for _shown, _name, preview, predicted, kept, rows in data["images"]:
         assert (run / preview).is_file() and preview.endswith(".input.jpg") and not kept
         assert predicted.startswith("predicted ") and len(rows) == 2  # top-2: one row per class
         for target, probability, logit, cells in rows:
