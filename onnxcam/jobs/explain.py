@@ -10,18 +10,27 @@ OUT/report.html shows them all. A bad image is recorded as failed and the batch 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from onnxcam.errors import InputError, OnnxcamError
 from onnxcam.explainer import Explainer
-from onnxcam.files import InputFile, OutputFolder, collect_inputs, printable, remove_stale_temporaries, write_bytes
+from onnxcam.files import (
+    InputFile,
+    OutputFolder,
+    collect_inputs,
+    is_disk_full,
+    printable,
+    remove_stale_temporaries,
+    write_bytes,
+)
 from onnxcam.graph.load import ModelSource, model_name
 from onnxcam.images import (
     check_labels,
@@ -149,9 +158,14 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
             partial.unlink()
         log = open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644), "w",
                    encoding="utf-8")
-        with log:
+        with _closing(log, summary):
             def emit(records: list[Record]) -> None:
-                summary.log_image(records, log)
+                try:
+                    summary.log_image(records, log)
+                except OSError as e:  # not even the log line fits: stop as for any full disk (resume redoes it)
+                    if is_disk_full(e):
+                        raise DiskFull("no space left on device") from None
+                    raise
                 tracker.emitted(records[0].get("name"))
                 if on_image:
                     on_image(records[0])
@@ -337,6 +351,20 @@ def _run_ray(units: Iterator[Unit], spec: RunSpec, emit: Callable[[list[Record]]
         if cause is e:
             raise
         raise cause from None
+
+
+@contextlib.contextmanager
+def _closing(log: IO[str], summary: Summary) -> Iterator[IO[str]]:
+    """The results log, closed at the end; on a full disk its last buffered lines may not fit, and the run has
+    already said that it stopped."""
+    try:
+        yield log
+    finally:
+        try:
+            log.close()
+        except OSError:
+            if summary.stopped is None:
+                raise
 
 
 # --- progress ---------------------------------------------------------------------------------------------------

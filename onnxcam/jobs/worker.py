@@ -11,6 +11,7 @@ batch), so an image is never stacked more often than the batch allows.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,10 +25,11 @@ from onnxcam.files import InputFile, OutputFolder, is_disk_full, printable, writ
 from onnxcam.images import ImageError, Preprocessing, preprocess, read_image
 from onnxcam.jobs.records import Record, failed_record
 from onnxcam.render import draw_boxes, encode_png, npy_bytes, overlay, preview_jpeg, resize_map
-from onnxcam.report import INPUT_PREVIEW_SIDE, input_preview_path, preview_path
+from onnxcam.report import INPUT_PREVIEW_SIDE, PREVIEW_SIDE, input_preview_path, preview_path
 from onnxcam.runtime import GPU_PROVIDERS
 from onnxcam.targets import Target, TargetPlan
 
+PREVIEW_RESERVE = 16 << 20  # bytes of free disk below which report thumbnails are no longer written
 # Errors that are the same for every image (model, layer, gradient rules): they stop the run with their message.
 FATAL = (GradientError, LayerError, ModelError)
 
@@ -262,7 +264,6 @@ class Worker:
         h_in, w_in = explained[0].maps[spec.methods[0]].shape if explained and spec.methods else rgb.shape[:2]
         sx, sy = rgb.shape[1] / w_in, rgb.shape[0] / h_in  # preprocessing resizes the whole image to the input
         records = []
-        write_bytes(self.out.path(input_preview_path(item.name)), preview_jpeg(rgb, INPUT_PREVIEW_SIDE))
         for method in spec.methods:
             for e, stem in zip(explained, self.stems(item, method, explained)):
                 t1 = time.perf_counter()
@@ -280,7 +281,7 @@ class Worker:
                     picture = draw_boxes(picture, [box], [f"{caption} {e.value:.2f}"])
                 write_bytes(self.out.path(npy), npy_bytes(cam))
                 write_bytes(self.out.path(png), encode_png(picture))
-                write_bytes(self.out.path(preview_path(png)), preview_jpeg(picture))  # the report's thumbnail
+                self._preview(preview_path(png), picture, PREVIEW_SIDE)
                 records.append({
                     "image": os.fsdecode(item.path), "name": item.name, "status": "ok", "error": None,
                     "task": spec.plan.task, "predicted": predicted, "predicted_label": _label(labels, predicted),
@@ -290,7 +291,18 @@ class Worker:
                     "paths": {"overlay": png, "map": npy},
                     "flat": bool(np.ptp(cam) == 0),
                     "seconds": round(e.seconds.get(method, 0.0) + time.perf_counter() - t1, 4)})
+        self._preview(input_preview_path(item.name), rgb, INPUT_PREVIEW_SIDE)
         return records
+
+    def _preview(self, path: str, rgb: np.ndarray, side: int) -> None:
+        """A report thumbnail, written after the outputs it shows and only while the disk has room to spare (the
+        last megabytes go to maps and results.jsonl); a missing one costs only the thumbnail: the report falls
+        back to the overlay itself."""
+        try:
+            if shutil.disk_usage(self.out.real).free > PREVIEW_RESERVE:
+                write_bytes(self.out.path(path), preview_jpeg(rgb, side))
+        except OSError:
+            pass
 
     def _failed(self, item: InputFile, error: str, seconds: float = 0.0) -> Record:
         return failed_record(os.fsdecode(item.path), item.name, error, self.spec.methods, self.layer_text, seconds)
