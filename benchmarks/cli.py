@@ -27,8 +27,9 @@ import numpy as np
 
 from onnxcam.datasets.shapes import write_dataset
 from onnxcam.explainer import Explainer
+from onnxcam.files import collect_inputs as collect_images
 from onnxcam.images import preprocess, read_image, resolve_preprocessing
-from onnxcam.jobs.explain import collect_images, explain_images
+from onnxcam.jobs.explain import explain_images
 from onnxcam.runtime import choose_providers, make_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -9,12 +9,13 @@ runs, masked-input scores, input gradients) it declares.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from onnxcam.errors import GradientError, InputError, LayerError
+from onnxcam.errors import GradientError, InputError, LayerError, OnnxcamError
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.dense import nms_classes, prefer_pre_nms, selection_nodes, shared_head_input
 from onnxcam.graph.head import SCALE, biased_outputs, extract_head, linear_head_weights, pooled_channels
@@ -22,21 +23,23 @@ from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.names import ModuleMap, enclosing_module, module_map, module_path, resolve_layer
 from onnxcam.graph.reverse.model import check_tensors, expose, image_input
 from onnxcam.graph.reverse.relevance import LrpOptions
+from onnxcam.graph.scales import Scale, detection_scales
 from onnxcam.graph.topo import static_shapes
 from onnxcam.images import Preprocessing, blank_input, model_labels, model_metadata, resolve_preprocessing
 from onnxcam.methods import METHODS, Evidence, Method
 from onnxcam.runners import ReverseResult, ReverseRunner, Targets, check_input, target_ids
-from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
+from onnxcam.runtime import Session, cached_session, choose_providers, model_identity, model_sha256
 from onnxcam.targets import (
     ClassifierOutputTarget,
     DetectionLayout,
     Target,
     categories,
-    guess_detection_layout,
+    detection_layout,
     guess_task,
     is_target_objects,
     resolve_targets,
     seeds,
+    ultralytics_info,
 )
 from onnxcam.tokens import TOKEN_LAYOUTS, TokenOptions, TokenView, check_batch, runtime_layout, token_view
 
@@ -54,6 +57,8 @@ class ModelView:
                  extra_tokens_at: str = "start") -> None:
         self.token_options = TokenOptions(grid, extra_tokens, extra_tokens_at)
         self.token_views: dict[str, TokenView] = {}
+        self.source = model if isinstance(model, (str, os.PathLike)) else None
+        self.identity = model_identity(model)  # finds rewritten models in the cache (cheap for a file)
         self.model = load_model(model)
         # a detector with NMS inside: explain the raw predictions before it (notes say so)
         self.model, output, self.notes = prefer_pre_nms(self.model, output)
@@ -62,16 +67,20 @@ class ModelView:
         self.output_option, self.probabilities = output, probabilities
         self.layers = [t.name for t in self.tensors if t.spatial and t.op_type]
         self.default_layer = default_layer(self.model, self.score, self.tensors)
-        if self.task in ("segment", "detect"):  # the last spatial map is the class head itself: take the input
-            # that every head (every scale of a multi-scale detector) depends on
-            self.default_layer = shared_head_input(self.model, self.score, self.tensors) or self.default_layer
-        self.layer = self.resolve_layers(layer) or [self.default_layer]
         self.providers = choose_providers(device, providers)
         self.input_name = image_input(self.model)
         info = next(t for t in self.tensors if t.name == self.input_name)
         self.input_shape = info.shape
         self.input_layout = info.layout or "NCHW"
         self.layouts = {t.name: t.layout for t in self.tensors}
+        self.scales: list[Scale] = []
+        if self.task == "detect":  # a multi-scale head: its per-scale feature maps, one combined map
+            self.scales = self._detection_scales()
+        if self.task in ("segment", "detect"):  # the last spatial map is the class head itself: take the input
+            # that every head (every scale of a multi-scale detector) depends on
+            self.default_layer = shared_head_input(self.model, self.score, self.tensors) or self.default_layer
+        self.default_layers = [s.feature for s in self.scales] or [self.default_layer]
+        self.layer = self.resolve_layers(layer) or self.default_layers
         self.sessions: dict[Any, Any] = {}
         self._preprocessing: Preprocessing | None = None
         value = next(i for i in self.model.graph.input if i.name == self.input_name)
@@ -79,13 +88,38 @@ class ModelView:
             value.type.tensor_type.elem_type, "tensor(float)")
 
     # --- facts ----------------------------------------------------------------------------------------------------
+    def _detection_scales(self) -> list[Scale]:
+        """The per-scale features of a detector whose rows come from several feature maps (YOLO's three strides),
+        each map made on its own and averaged (so a detection from any scale gets its own map); [] otherwise."""
+        shape = self.input_shape or ()
+        meta = ultralytics_info(model_metadata(self.model))
+        hw: tuple[int, int] | None = None
+        if not all(isinstance(d, int) for d in shape[1:]) and meta is not None and meta.imgsz:
+            hw = meta.imgsz  # a dynamic export: its training size
+        selected = meta is not None and meta.end2end or any(n.op_type in ("NonMaxSuppression", "TopK")
+                                                            for n in self.model.graph.node)
+        try:
+            return detection_scales(self.model, self.output, self.tensors, hw, selected=bool(selected))
+        except OnnxcamError:
+            return []
+
     def resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
         """Tensor names for what the user named: tensors, or PyTorch module paths the exporter recorded
         ("layer4.1", pytorch-grad-cam's "layer4[-1]"), each resolved to the module's output tensor."""
         if layer is None:
             return []
         names = [layer] if isinstance(layer, str) else list(layer)
-        resolved = [resolve_layer(self.model, name, self.modules) for name in names]
+        resolved = []
+        for name in names:
+            try:
+                resolved.append(resolve_layer(self.model, name, self.modules))
+            except LayerError as e:
+                try:  # the tensor message first: its close names are what most users meant
+                    check_tensors(self.model, [name])
+                except LayerError as missing:
+                    modules = str(e).partition(";")[2].strip()
+                    raise LayerError(f"{missing}" + (f"; as a module path: {modules}" if modules else "")) from None
+                raise
         check_tensors(self.model, resolved)
         return resolved
 
@@ -106,7 +140,7 @@ class ModelView:
     @functools.cached_property
     def model_id(self) -> str:
         """A content hash (sha256) of the model: files fitted to one model (BroadCAM) are refused by another."""
-        return model_key(self.model)
+        return model_sha256(self.source) if self.source is not None else self.identity.split(":", 1)[1]
 
     @functools.cached_property
     def classes(self) -> int | None:
@@ -145,14 +179,10 @@ class ModelView:
         has_nms = any(n.op_type == "NonMaxSuppression" for n in self.model.graph.node)
         post_nms = bool(selection_nodes(self.model, self.output)) if has_nms else None  # known from the graph
         classes = len(labels) if labels else nms_classes(self.model) if has_nms else None
-        return guess_detection_layout(shape, classes, model_metadata(self.model).get("detection"), post_nms)
+        return detection_layout(shape, model_metadata(self.model), classes, post_nms)
 
-    def check(self, x: Any, any_batch: bool = False) -> np.ndarray:
-        """x as the input's dtype, its shape checked; any_batch: for callers that split x to a fixed batch."""
-        shape = self.input_shape
-        if any_batch and shape:
-            shape = (None, *shape[1:])
-        array = check_input(x, self.input_name, shape, self.input_type)
+    def check(self, x: Any) -> np.ndarray:
+        array = check_input(x, self.input_name, self.input_shape, self.input_type)
         if array.ndim != 4:
             raise InputError(f"x has shape {array.shape}; expected a batch of images (N, C, H, W) or (N, H, W, C)")
         return array
@@ -176,8 +206,8 @@ class ModelView:
         key = ("forward", tensors)
         if key not in self.sessions:
             wanted = [self.score] + [t for t in tensors if t != self.score]
-            path = cached_model(model_key(self.model, "expose", wanted), lambda: expose(self.model, wanted))
-            self.sessions[key] = make_session(path, self.providers)
+            self.sessions[key] = cached_session(self.identity, ("expose", wanted), lambda: expose(self.model, wanted),
+                                                self.providers, source=self.source)
         return self.sessions[key]
 
     def reverse_runner(self, layers: Sequence[str], with_input: bool = False,
@@ -187,7 +217,8 @@ class ModelView:
             try:
                 self.sessions[key] = ReverseRunner(self.model, list(layers), with_input, self.output_option,
                                                    self.probabilities, providers=self.providers, preloaded=True,
-                                                   lrp=lrp, initial=initial)
+                                                   lrp=lrp, initial=initial, identity=self.identity,
+                                                   source=self.source)
             except GradientError as e:  # the graph knows no method names: the registry says which still work
                 free = sorted(m.name for m in METHODS.values() if m.run == "forward")
                 raise GradientError(f"{e} ({', '.join(free)})") from None
@@ -197,8 +228,9 @@ class ModelView:
         key = ("head", layer, scaled)
         if key not in self.sessions:
             head = extract_head(self.model, layer, self.score, scale=scaled)
-            path = cached_model(model_key(self.model, "head", layer, self.score, scaled), lambda: head.model)
-            self.sessions[key] = (make_session(path, self.providers), head.extra_inputs)
+            session = cached_session(self.identity, ("head", layer, self.score, scaled), lambda: head.model,
+                                     self.providers, source=self.source)
+            self.sessions[key] = (session, head.extra_inputs)
         return self.sessions[key]
 
     def close(self) -> None:
@@ -266,7 +298,7 @@ class EvidenceBuilder:
                 for value in carried.values():
                     value[flat] = 0
         else:
-            pooled = [p for p in (self._pooled(name) for name in layers) if p] if "channel_ablation" in needs else []
+            pooled = [p for p in (self._pooled(name) for name in layers) if p]  # tiny, and one session for all
             wanted = list(dict.fromkeys(layers + pooled))
             values = v.forward_session(tuple(wanted)).run([v.score] + wanted, {v.input_name: x})
             scores = values[0].reshape(len(x), -1)
@@ -331,9 +363,9 @@ class EvidenceBuilder:
     def _head_scores_fn(self, layer: str, x: np.ndarray, *_: Any) -> Callable[..., np.ndarray]:
         # a partial, not a closure calling itself: such a closure is a reference cycle, and cycles that hold
         # batches are freed only when the cyclic collector happens to run (memory grew over long runs)
-        return functools.partial(self._head_scores, layer, x)
+        return functools.partial(self._head_scores, layer, x, {})
 
-    def _head_scores(self, layer: str, x: np.ndarray, features: np.ndarray, image: int,
+    def _head_scores(self, layer: str, x: np.ndarray, extras: dict[int, list[Any]], features: np.ndarray, image: int,
                      scale: np.ndarray | None = None) -> np.ndarray:
         """Scores of the head for a batch of features (B, K, h, w); with `scale` (B, K, 1, 1), of one image's
         features (1, K, h, w) times each scale row, built inside the runtime."""
@@ -343,16 +375,19 @@ class EvidenceBuilder:
         batch = len(features) if scale is None else len(scale)
         if scale is not None:
             feeds[SCALE] = np.ascontiguousarray(v.from_nchw(layer, scale, image, per_channel=True), np.float32)
-        if extra:
-            values = v.forward_session(tuple(extra)).run(extra, {v.input_name: x[image:image + 1]})
-            for name, value in zip(extra, values):
+        if extra:  # the head's inputs from before the layer: one forward per image, not per batch of copies
+            if image not in extras:
+                extras.clear()
+                extras[image] = v.forward_session(tuple(extra)).run(extra, {v.input_name: x[image:image + 1]})
+            for name, value in zip(extra, extras[image]):
                 # per-image activations go with each row; integer tensors (shapes, gather indices that
                 # exporters compute from shapes, e.g. torch's dynamo Swin) are not per image
                 per_image = value.shape[:1] == (1,) and np.issubdtype(value.dtype, np.floating)
                 feeds[name] = np.repeat(value, batch, axis=0) if per_image else value
         scores = session.run([v.score], feeds)[0]
         if len(scores) != batch and batch > 1:  # the head's shapes were computed for one image: row by row
-            return np.concatenate([self._head_scores(layer, x, features if scale is not None else features[j:j + 1],
+            return np.concatenate([self._head_scores(layer, x, extras,
+                                                     features if scale is not None else features[j:j + 1],
                                                      image, None if scale is None else scale[j:j + 1])
                                    for j in range(batch)])
         return scores.reshape(batch, -1)

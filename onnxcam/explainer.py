@@ -64,6 +64,15 @@ class Explainer:
     model_id = property(lambda self: self.view.model_id, doc="A content hash of the model.")
     classes = property(lambda self: self.view.classes, doc="The class count of an (N, classes) output, else None.")
 
+    @property
+    def identity(self) -> str:
+        """What the cache of rewritten models knows this model by (runtime.model_identity)."""
+        return self.view.identity
+
+    @identity.setter
+    def identity(self, value: str) -> None:
+        self.view.identity = value
+
     def module_path(self, tensor: str) -> str | None:
         """The PyTorch module a tensor belongs to, where the exporter recorded it ("layer4.1"), else None."""
         return self.view.module_path(tensor)
@@ -135,12 +144,13 @@ class Explainer:
         spec = get_method(method)
         method_options = spec.accepts(options)
         layers = self.layer if layer is None else self.view.resolve_layers(layer)
-        x = self.view.check(x, any_batch=True)  # split to the model's fixed batch below
+        x = np.asarray(x)
         targets = self._by_name(targets)
         self._check_method(spec, targets, aug_smooth)
         slices = self._slices(len(x))
-        parts = [self._explain_part(x[s], spec, _slice_targets(targets, s, len(x)), layers, aug_smooth, eigen_smooth,
-                                    method_options, _share(progress, k, len(slices))) for k, s in enumerate(slices)]
+        parts = [self._explain_part(self.view.check(x[s]), spec, _slice_targets(targets, s, len(x)), layers,
+                                    aug_smooth, eigen_smooth, method_options, _share(progress, k, len(slices)))
+                 for k, s in enumerate(slices)]
         if len(parts) == 1:
             return parts[0]
         maps, scores, chosen = zip(*parts)
@@ -170,10 +180,10 @@ class Explainer:
         per_layer = []
         evidences = self._evidence.build(x, targets, layers, spec, options)
         sign = options.get("eigen_sign", "activation")
+        own = spec.accepts(options, strict=False, own=True)  # eigen_sign also steers eigen_smooth, for every method
         for k, ev in enumerate(evidences):
             ev.progress = _share(progress, k, len(evidences))
-            raw = combine(spec.fn(ev, **{k: v for k, v in options.items() if k != "eigen_sign"}), ev.activations,
-                          eigen_smooth, sign)
+            raw = combine(spec.fn(ev, **own), ev.activations, eigen_smooth, sign)
             per_layer.append(normalise(raw, size))
             ev.done(1.0)
         maps = per_layer[0] if len(per_layer) == 1 else normalise(np.mean(per_layer, axis=0), size)

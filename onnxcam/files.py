@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onnxcam.errors import InputError
-from onnxcam.images import IMAGE_SUFFIXES
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 NAME_LIMIT = 180  # bytes of a file name we write, leaving room for ".<method>.c<k>.png" and our temporary suffix
@@ -37,12 +36,16 @@ class InputFile:
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None,
-                   suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[InputFile]:
+                   suffixes: Collection[str] | None = None) -> list[InputFile]:
     """Files, folders (recursive, image suffixes only) and glob patterns -> inputs with unique safe names.
 
     Files under `exclude` (the output folder, when it lies inside an input folder) are left out. Folders and `**`
     are walked without following symlinked folders (a loop cannot hang the walk); symlinked files are kept.
     """
+    if suffixes is None:
+        from onnxcam.images import IMAGE_SUFFIXES  # decoding's list, loaded only when files are walked
+
+        suffixes = IMAGE_SUFFIXES
     skip = os.path.join(os.path.realpath(exclude), "") if exclude is not None else None
     found: list[tuple[Path, Path]] = []  # (file, root)
     for item in inputs:

@@ -10,6 +10,7 @@ either way. Values the user exported are kept.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 # Images above this many pixels are refused: by onnxcam from the file's header before decoding, and by OpenCV.
 MAX_PIXELS = 40_000_000
@@ -19,6 +20,17 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 # onnxcam reports each failure in one line of its own.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
 
-import cv2  # noqa: E402  (the variable above must be set first)
+if TYPE_CHECKING:
+    import cv2
 
 __all__ = ["MAX_PIXELS", "cv2"]
+
+
+def __getattr__(name: str) -> object:
+    """`cv2`, imported on first use (after the settings above): `import onnxcam` and `onnxcam --help` need no
+    OpenCV."""
+    if name == "cv2":
+        import cv2
+
+        return cv2
+    raise AttributeError(name)

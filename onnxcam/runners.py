@@ -15,11 +15,11 @@ import onnx
 from onnxcam.errors import InputError
 from onnxcam.graph.catalogue import TensorInfo, catalogue, default_layer, find_score
 from onnxcam.graph.load import ModelSource, load_model
+from onnxcam.graph.quantized import is_quantized, saturated_images, saturation_warning
 from onnxcam.graph.reverse.model import PREFIXES, SCORES, SEED, check_tensors, image_input, reverse_model
 from onnxcam.graph.reverse.relevance import LrpOptions
 from onnxcam.graph.topo import Shape, static_shapes
-from onnxcam.graph.quantized import is_quantized, saturated_images, saturation_warning
-from onnxcam.runtime import Session, cached_model, choose_providers, make_session, model_key
+from onnxcam.runtime import Session, cached_session, choose_providers, model_identity, shared_session
 
 Targets = None | int | Sequence[int] | np.ndarray | Sequence[Any]  # Any: onnxcam.targets objects
 
@@ -66,8 +66,12 @@ class ReverseRunner:
     def __init__(self, model: ModelSource, layers: str | Sequence[str] | None = None,
                  with_input: bool = False, output: str | None = None, probabilities: bool = False,
                  providers: Sequence[str] | None = None, device: str = "auto", preloaded: bool = False,
-                 lrp: LrpOptions | None = None, initial: str = "contrastive") -> None:
-        # preloaded: `model` is a ModelProto that load_model already returned (skips a second normalisation)
+                 lrp: LrpOptions | None = None, initial: str = "contrastive", identity: str | None = None,
+                 source: object = None) -> None:
+        # preloaded: `model` is a ModelProto that load_model already returned (skips a second normalisation);
+        # identity: the source's runtime.model_identity when the caller has it (the cache key of the rewrite);
+        # source: the file the model came from, when `model` is already loaded (the cache records it)
+        self.identity = identity or model_identity(model)
         self.model = model if preloaded and isinstance(model, onnx.ModelProto) else load_model(model)
         self.tensors: list[TensorInfo] = catalogue(self.model)
         self.score, self.output = find_score(self.model, output, probabilities)
@@ -79,11 +83,11 @@ class ReverseRunner:
         shapes = static_shapes(self.model.graph)
         self.input_shape: Shape | None = shapes.get(self.input_name)
         self.score_shape: Shape | None = shapes.get(self.output)
-        key = model_key(self.model, self.kind, self.layers, with_input, output, probabilities, lrp, initial)
-        path = cached_model(key, lambda: reverse_model(self.model, self.layers, with_input, output, probabilities,
-                                                       lrp, initial).model)
         self.providers = choose_providers(device, providers)
-        self.session = make_session(path, self.providers)
+        self.session = cached_session(
+            self.identity, (self.kind, self.layers, with_input, output, probabilities, lrp, initial),
+            lambda: reverse_model(self.model, self.layers, with_input, output, probabilities, lrp, initial).model,
+            self.providers, source=model if source is None else source)
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
         # a float64 model takes a float64 seed
         self._seed_dtype = seed_dtype(self.session)
@@ -205,9 +209,13 @@ def gradients(model: ModelSource, x: np.ndarray, layers: str | Sequence[str] | N
     score w.r.t. them (and w.r.t. x with `input_gradient`), in one onnxruntime run.
 
     targets: None (predicted class per image), an int, one int per image, or a float seed array shaped like the
-    scores (the gradient of sum(seed * scores) is returned).
+    scores (the gradient of sum(seed * scores) is returned). The rewritten model's session is kept for later calls
+    with the same model and request (`onnxcam.clear_cache()` releases it): a loop pays its set-up once.
     """
-    return ReverseRunner(model, layers, input_gradient, **options).run(x, targets)
+    identity = model_identity(model)
+    key = ("gradient", identity, _hashable(layers), input_gradient, repr(sorted(options.items())))
+    runner = shared_session(key, lambda: ReverseRunner(model, layers, input_gradient, identity=identity, **options))
+    return runner.run(x, targets)
 
 
 def relevance(model: ModelSource, x: np.ndarray, targets: Targets = None, layers: str | Sequence[str] | None = None,
@@ -221,4 +229,12 @@ def relevance(model: ModelSource, x: np.ndarray, targets: Targets = None, layers
     (a class selection; with initial="seed", the initial relevance itself). See `ReverseRunner` for the rest.
     """
     lrp = LrpOptions(rule, alpha, beta, epsilon, bias, first_layer)
-    return ReverseRunner(model, layers, input_relevance, lrp=lrp, initial=initial, **options).run(x, targets)
+    identity = model_identity(model)  # the session is kept for later calls, as in onnxcam.gradients
+    key = ("relevance", identity, _hashable(layers), input_relevance, lrp, initial, repr(sorted(options.items())))
+    runner = shared_session(key, lambda: ReverseRunner(model, layers, input_relevance, lrp=lrp, initial=initial,
+                                                       identity=identity, **options))
+    return runner.run(x, targets)
+
+
+def _hashable(layers: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    return layers if layers is None or isinstance(layers, str) else tuple(layers)

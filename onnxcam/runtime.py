@@ -7,20 +7,46 @@ import ctypes
 import functools
 import hashlib
 import io
-import os
+import json
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
+from onnxcam.cache import (
+    CACHE_ENV,
+    EXTERNAL_MIN,
+    WEIGHTS,
+    Variant,
+    cache_dir,
+    cache_entries,
+    clean_cache,
+    find_variant,
+    model_fingerprint,
+    model_folder,
+    model_identity,
+    model_sha256,
+    proto_digest,
+    scratch_variant,
+    store_variant,
+    temporary_name,
+    variant_name,
+    warn_once,
+)
 from onnxcam.errors import ModelError, OnnxcamError
 
-CACHE_ENV = "ONNXCAM_CACHE"
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["CACHE_ENV", "Session", "cache_dir", "cache_entries", "cached_model", "cached_session", "choose_providers",
+           "clean_cache", "clear_cache", "cuda_usable", "make_session", "model_fingerprint", "model_identity",
+           "model_key", "model_sha256", "provider_problem", "shared_session"]
 _CUDA_DRIVER = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
 
 
@@ -110,60 +136,222 @@ def choose_providers(device: str = "auto", providers: Sequence[str] | None = Non
     return ["TensorrtExecutionProvider", *gpu] if tensorrt is None and device != "cuda" else gpu
 
 
-def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                      os.path.join(Path.home(), ".cache"), "onnxcam")
-    return Path(root)
+def model_key(model: onnx.ModelProto, *parts: object) -> str:
+    """A content hash of the model plus a request (one pass over the weights: prefer `model_identity`)."""
+    return hashlib.sha256(f"{proto_digest(model)}\0{parts!r}".encode()).hexdigest()
+
+
+# --- sessions on cached rewritten models ------------------------------------------------------------------------
+def cached_session(identity: str, request: object, build: Callable[[], onnx.ModelProto], providers: Sequence[str],
+                   source: object = None) -> Session:
+    """A session on the rewritten model `request` of the model known as `identity` (see `model_identity`),
+    built with `build` (it returns a fresh model the cache may take apart) and stored on first use.
+
+    On the CPU provider the session runs onnxruntime's own optimised graph, cached too (per CPU and onnxruntime
+    version: its layout transforms are hardware specific), so later sessions skip graph optimisation; on every
+    provider the weights come from the model's one weights file, mapped once per process and handed to every
+    session (SessionOptions.add_initializer), so more sessions do not mean more copies. An unwritable cache
+    folder is said once on stderr; sessions are then built in memory. source: the model's path, recorded for
+    `onnxcam cache list`.
+    """
+    providers = list(providers)
+    generic = variant_name(request)
+    try:
+        if providers == ["CPUExecutionProvider"]:
+            return _optimised_session(identity, request, build, source)
+        variant = find_variant(identity, generic) or store_variant(identity, generic, build(), source)
+        return _variant_session(variant, providers)
+    except OSError as exc:
+        warn_once(f"cannot write the cache folder {cache_dir()} ({exc.strerror or exc}); rewritten models are "
+                  f"kept in memory (set {CACHE_ENV} to a writable folder to keep them across runs)")
+        return make_session(build(), providers)
+
+
+def _optimised_session(identity: str, request: object, build: Callable[[], onnx.ModelProto],
+                       source: object) -> Session:
+    """The CPU session of `cached_session`: the optimised variant, made from the provider-independent one when
+    that is cached (a GPU asked for it), else from the built model, handed over in memory (below protobuf's
+    2 GiB) or as a scratch copy removed afterwards."""
+    name = variant_name(request, "cpu-" + _cpu_signature())
+    variant = find_variant(identity, name)
+    if variant is None:
+        generic = find_variant(identity, variant_name(request))
+        if generic is not None:
+            variant = _optimise(identity, name, generic, source)
+        else:
+            model = build()
+            serialised = _serialised(model)
+            if serialised is not None:
+                del model  # onnxruntime parses the bytes: the ModelProto would be a second copy of the weights
+                variant = _optimise(identity, name, serialised, source)
+            else:
+                with scratch_variant(identity, model) as scratch:
+                    variant = _optimise(identity, name, scratch, source)
+    return _variant_session(variant, ["CPUExecutionProvider"], optimised=True)
 
 
 def cached_model(key: str, build: Callable[[], onnx.ModelProto]) -> Path:
-    """Path of the rewritten model for `key`, built and written (atomically) on first use."""
-    digest = hashlib.sha256(f"{_rewriter_digest()}\0{ort.__version__}\0{key}".encode()).hexdigest()[:32]
-    folder = cache_dir()
-    path = folder / f"{digest}.onnx"
-    if path.is_file():
-        return path
-    model = build()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _save_atomic(model, path)
-    except OSError:  # a read-only home still works: keep the model in a temporary folder
-        folder = Path(tempfile.mkdtemp(prefix="onnxcam-"))
-        path = folder / f"{digest}.onnx"
-        _save_atomic(model, path)
-    return path
+    """Path of the rewritten model for `key` (graph only: its weights sit in the cache's weights file), built and
+    stored on first use; `make_session` on it shares those weights. Prefer `cached_session`."""
+    identity = "key:" + key
+    variant = find_variant(identity, "model")
+    if variant is None:
+        try:
+            variant = store_variant(identity, "model", build())
+        except OSError:
+            path = _fallback_folder() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
+            path.write_bytes(build().SerializeToString())
+            return path
+    return variant.graph
 
 
 @functools.cache
-def _rewriter_digest() -> str:
-    """A hash of the graph-rewriting code, so that a changed rule never serves a stale cached model."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(__file__).parent / "graph").rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+def _fallback_folder() -> Path:
+    """One temporary folder per process for `cached_model` when the cache cannot be written, removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="onnxcam-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
-def _save_atomic(model: onnx.ModelProto, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    weights = sum(t.ByteSize() for t in model.graph.initializer)
-    if weights > 1_500_000_000:  # protobuf cannot serialise 2 GiB; keep weights beside the model
-        onnx.save(model, str(tmp), save_as_external_data=True, location=f"{path.name}.data")
-    else:
-        tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, path)
+def _serialised(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None above protobuf's 2 GiB limit."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.SerializeToString()
+    except (EncodeError, ValueError):
+        return None
 
 
-def model_key(model: onnx.ModelProto, *parts: object) -> str:
-    """A content hash of the model plus the rewrite request, used as a cache key."""
-    digest = hashlib.sha256()
-    if model.ByteSize() < 2**31 - 1:
-        digest.update(model.SerializeToString(deterministic=True))
-    else:  # protobuf cannot serialise 2 GiB at once: hash the parts
-        graph = model.graph
-        for part in [*model.opset_import, *graph.input, *graph.output, *graph.node, *graph.initializer]:
-            digest.update(part.SerializeToString(deterministic=True))
-    digest.update(repr(parts).encode())
-    return digest.hexdigest()
+def _optimise(identity: str, name: str, model: Variant | bytes, source: object = None) -> Variant:
+    """onnxruntime's optimised graph of `model` (a stored variant, or serialised bytes) for the CPU provider,
+    stored as variant `name`."""
+    folder = model_folder(identity)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(folder, name)
+    graph, blobs = tmp.with_name(tmp.name + ".onnx"), tmp.with_name(tmp.name + ".bin")
+    options = _session_options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    options.optimized_model_filepath = str(graph)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", blobs.name)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                     str(EXTERNAL_MIN))
+    if isinstance(model, Variant):
+        weights = _shared_weights(model.weights)
+        for tensor, value in weights.values(model.manifest).items():
+            options.add_initializer(tensor, value)
+    try:
+        try:
+            ort.InferenceSession(str(model.graph) if isinstance(model, Variant) else model, options,
+                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"onnxruntime cannot load the model: {_last_line(exc)}") from None
+        import onnx
+
+        return store_variant(identity, name, onnx.load(str(graph), load_external_data=False), source, blobs)
+    finally:
+        for path in (graph, blobs):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@functools.cache
+def _cpu_signature() -> str:
+    """The CPU's identity for optimised graphs (their NCHWc block size follows the vector width)."""
+    import platform
+
+    text = f"{platform.machine()}\0{platform.processor()}"
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        text += "".join(sorted({line for line in lines if line.startswith(("flags", "model name", "Features"))}))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class SharedWeights:
+    """A model's weights file mapped once per process (copy-on-write: nothing is ever written back), with one
+    OrtValue per tensor that every session of the model is given."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mapped: np.ndarray = np.zeros(0, np.uint8)
+        self._values: dict[tuple[int, str, tuple[int, ...]], tuple[np.ndarray, Any]] = {}
+        self._lock = threading.Lock()
+
+    def values(self, manifest: dict[str, list[Any]]) -> dict[str, Any]:
+        """Tensor name -> OrtValue for the tensors of `manifest`."""
+        out = {}
+        with self._lock:
+            for name, (offset, length, dtype, dims) in manifest.items():
+                key = (int(offset), str(dtype), tuple(int(d) for d in dims))
+                if key not in self._values:
+                    if offset + length > len(self._mapped):  # appended since it was mapped
+                        self._mapped = np.memmap(self.path, dtype=np.uint8, mode="c")
+                    array = self._mapped[offset:offset + length].view(np.dtype(dtype)).reshape(key[2])
+                    # OrtValues borrow the memory: the array (and through it the mapping) stays with them
+                    self._values[key] = (array, ort.OrtValue.ortvalue_from_numpy(array))
+                out[name] = self._values[key][1]
+        return out
+
+
+_weights: weakref.WeakValueDictionary[tuple[int, int], SharedWeights] = weakref.WeakValueDictionary()
+_weights_lock = threading.Lock()
+
+
+def _shared_weights(path: Path) -> SharedWeights:
+    """The process's mapping of a weights file; keyed by the file itself, so a file replaced after eviction is
+    never confused with the old one."""
+    stat = path.stat()
+    with _weights_lock:
+        weights = _weights.get((stat.st_dev, stat.st_ino))
+        if weights is None:
+            weights = _weights[(stat.st_dev, stat.st_ino)] = SharedWeights(path)
+    return weights
+
+
+def _variant_session(variant: Variant, providers: list[str], optimised: bool = False) -> Session:
+    level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimised else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = _session_options(level)
+    weights = None
+    if "TensorrtExecutionProvider" not in providers:  # TensorRT builds engines from the graph's own tensors
+        weights = _shared_weights(variant.weights)
+        for tensor, value in weights.values(variant.manifest).items():
+            options.add_initializer(tensor, value)
+    session = _new_session(str(variant.graph), options, providers)
+    session.weights = weights  # the shared tensors live as long as a session uses them
+    return session
+
+
+# --- in-process cache -------------------------------------------------------------------------------------------
+SHARED_LIMIT = 4  # objects kept by shared_session: each holds a session, and a runner its parsed model too
+_shared: OrderedDict[Hashable, Any] = OrderedDict()
+_shared_lock = threading.Lock()
+T = TypeVar("T")
+
+
+def shared_session(key: Hashable, build: Callable[[], T]) -> T:
+    """The object built by `build` for `key` (a model identity plus a request), reused by later calls with the
+    same key in this process: `onnxcam.gradients(...)` in a loop pays its set-up once. The SHARED_LIMIT most
+    recently used are kept; `clear_cache` drops them all."""
+    with _shared_lock:
+        if key in _shared:
+            _shared.move_to_end(key)
+            return cast(T, _shared[key])
+    value = build()
+    with _shared_lock:
+        _shared[key] = value
+        while len(_shared) > SHARED_LIMIT:
+            _shared.popitem(last=False)
+    return value
+
+
+def clear_cache() -> None:
+    """Release the sessions that `onnxcam.gradients` and `onnxcam.relevance` keep between calls (the on-disk
+    cache stays: see `clean_cache`)."""
+    with _shared_lock:
+        _shared.clear()
 
 
 _FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -187,6 +375,7 @@ class Session:
         self.bind = self.device == "cuda" if bind is None else bind
         self._on_device: dict[str, tuple[np.ndarray, Any]] = {}  # input name -> (read-only array, its OrtValue)
         self.uploads = 0  # arrays copied to the device (bound runs): tells the reuse is working
+        self.weights: SharedWeights | None = None  # the mapped tensors this session was given (kept alive)
 
     def run(self, names: Sequence[str], feeds: dict[str, Any]) -> list[Any]:
         try:
@@ -253,17 +442,31 @@ def _with_options(provider: str) -> str | tuple[str, dict[str, str]]:
     return provider
 
 
-def make_session(model: onnx.ModelProto | Path, providers: Sequence[str]) -> Session:
+def _session_options(level: Any = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     # Warnings (unused initializers...) are noise, and errors come back to us as exceptions that Session and
     # make_session turn into one line each: onnxruntime's own coloured log line would say the same thing twice.
     options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None else level
     # Spinning pool threads would steal the CPU from the NumPy work between runs (masks, projections); measured
     # forward time is the same without it.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return options
+
+
+def _new_session(source: str | bytes, options: ort.SessionOptions, providers: Sequence[str]) -> Session:
     try:
         return Session(ort.InferenceSession(source, options, providers=[_with_options(p) for p in providers]))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelError(f"onnxruntime cannot load the model: {_last_line(exc)}") from None
+
+
+def make_session(model: onnx.ModelProto | Path | bytes, providers: Sequence[str]) -> Session:
+    """A session on a model, a file or serialised bytes; a cached graph (`cached_model`) gets the shared weights."""
+    if isinstance(model, Path):
+        manifest = model.with_suffix(".json")
+        if manifest.is_file() and (model.parent / WEIGHTS).is_file():
+            return _variant_session(Variant(model, json.loads(manifest.read_bytes())), list(providers))
+        return _new_session(str(model), _session_options(), providers)
+    return _new_session(model if isinstance(model, bytes) else model.SerializeToString(), _session_options(),
+                        providers)

@@ -15,8 +15,9 @@ over with an import change.
 
 from __future__ import annotations
 
+import ast
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -127,12 +128,18 @@ class DetectionLayout:
     `objectness`, then one score per class; `attributes_first` when the output is (attributes, boxes) (YOLOv8
     style) rather than (boxes, attributes) (YOLOv5 style). box: "cxcywh" or "xyxy", in input pixels.
     post_nms True: rows x0, y0, x1, y1, score, class (and a 7th column, the batch index, ignored).
+    classes: how many class scores follow (None: every remaining column); after them come `extras`:
+    "masks" (instance segmentation: mask coefficients, e.g. YOLOv8-seg's 32), "keypoints" (pose: x, y, visibility
+    per keypoint) or "angle" (oriented boxes: one rotation in radians; the box then is the rotated box's
+    cx, cy, w, h and `decode` gives its axis-aligned bounds).
     """
 
     attributes_first: bool = False
     objectness: bool = True
     box: str = "cxcywh"
     post_nms: bool = False
+    classes: int | None = None
+    extras: str = ""
 
     def rows(self, output: np.ndarray) -> np.ndarray:
         """One image's output as (boxes, attributes)."""
@@ -143,6 +150,15 @@ class DetectionLayout:
 
     def class_offset(self) -> int:
         return 5 if self.objectness else 4
+
+    def class_columns(self, attributes: int) -> slice:
+        """The columns of the class scores in rows of `attributes` values."""
+        offset = self.class_offset()
+        return slice(offset, attributes if self.classes is None else min(attributes, offset + self.classes))
+
+    def extra_columns(self, attributes: int) -> slice:
+        """The columns after the class scores (mask coefficients, keypoints, angle); empty when there are none."""
+        return slice(self.class_columns(attributes).stop, attributes)
 
 
 @dataclass(frozen=True)
@@ -157,12 +173,16 @@ def decode(output: np.ndarray, layout: DetectionLayout) -> Detections:
     rows = layout.rows(output).astype(np.float64)
     if layout.post_nms:
         return Detections(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64))
-    if rows.shape[1] <= layout.class_offset():
+    columns = layout.class_columns(rows.shape[1])
+    if columns.stop <= columns.start or (layout.classes is not None and columns.stop - columns.start < layout.classes):
+        wanted = "at least one" if layout.classes is None else str(layout.classes)
         raise InputError(f"detection rows have {rows.shape[1]} values; the layout needs 4 box values"
-                         f"{' + objectness' if layout.objectness else ''} + at least one class score")
-    classes = rows[:, layout.class_offset():]
+                         f"{' + objectness' if layout.objectness else ''} + {wanted} class score(s)")
+    classes = rows[:, columns]
     best = classes.argmax(axis=1)
     scores = classes[np.arange(len(rows)), best] * (rows[:, 4] if layout.objectness else 1.0)
+    if layout.extras == "angle":
+        return Detections(_rotated_bounds(rows[:, :4], rows[:, columns.stop]), scores, best)
     return Detections(_corners(rows[:, :4], layout.box), scores, best)
 
 
@@ -219,7 +239,7 @@ class DetectionTarget(Target):
     def _category(self, values: np.ndarray) -> int:
         if self.category is not None:
             return int(self.category)
-        return int(np.argmax(values[self.layout.class_offset():]))
+        return int(np.argmax(values[self.layout.class_columns(len(values))]))
 
     def _row(self, output: np.ndarray) -> int | None:
         if not self.layout.post_nms or self.box is None:
@@ -285,6 +305,123 @@ def guess_detection_layout(shape: Sequence[int], classes: int | None = None, met
     return DetectionLayout(attributes_first, objectness=not attributes_first)
 
 
+def detection_layout(shape: Sequence[int], metadata: Mapping[str, str] | None = None, classes: int | None = None,
+                     post_nms: bool | None = None) -> DetectionLayout:
+    """The layout of one image's detector output of `shape` from the model's metadata: onnxcam's "detection"
+    entry, else Ultralytics' (task, names, kpt_shape, end2end), else guessed (`guess_detection_layout`).
+    post_nms: known from the graph (NMS inside it, or its raw predictions exposed), None when it is not."""
+    meta = metadata or {}
+    if meta.get("detection"):
+        return guess_detection_layout(shape, classes, meta["detection"], post_nms)
+    info = ultralytics_info(meta)
+    if info is not None and info.task in ULTRALYTICS_DETECTORS:
+        return ultralytics_layout(info, shape, post_nms)
+    return guess_detection_layout(shape, classes, None, post_nms)
+
+
+# --- Ultralytics exports --------------------------------------------------------------------------------------------
+ULTRALYTICS_TASKS = ("classify", "detect", "segment", "pose", "obb")
+ULTRALYTICS_DETECTORS = ("detect", "segment", "pose", "obb")
+# what follows the class scores in each task's rows
+_ULTRALYTICS_EXTRAS = {"detect": "", "segment": "masks", "pose": "keypoints", "obb": "angle"}
+
+
+@dataclass(frozen=True)
+class UltralyticsInfo:
+    """What an Ultralytics export says about itself in its metadata (written as Python literals)."""
+    task: str                             # classify, detect, segment, pose or obb
+    names: tuple[str, ...]                # class names, by index
+    imgsz: tuple[int, int] | None         # (H, W) the model was exported for
+    stride: int | None                    # the largest stride of its feature maps
+    kpt_shape: tuple[int, int] | None     # pose: (keypoints, values per keypoint: 2 or 3)
+    end2end: bool                         # NMS-free head: rows are final detections (x0, y0, x1, y1, score, class)
+
+
+def ultralytics_info(metadata: Mapping[str, str] | None) -> UltralyticsInfo | None:
+    """The Ultralytics metadata of a model (None for other models, or when its task is not one of
+    ULTRALYTICS_TASKS)."""
+    meta = metadata or {}
+    if not _is_ultralytics(meta):
+        return None
+    task = meta["task"]
+    names = _literal(meta.get("names"))
+    if isinstance(names, dict):
+        ordered = tuple(str(names[k]) for k in sorted(names, key=lambda k: int(k)))
+    elif isinstance(names, (list, tuple)):
+        ordered = tuple(str(n) for n in names)
+    else:
+        raise InputError(f"the model's Ultralytics metadata has unreadable class names: {meta.get('names')!r:.80}")
+    imgsz = _literal(meta.get("imgsz"))
+    if isinstance(imgsz, int):
+        imgsz = (imgsz, imgsz)
+    stride = _literal(meta.get("stride"))
+    kpt_shape = _literal(meta.get("kpt_shape"))
+    return UltralyticsInfo(
+        task, ordered,
+        (int(imgsz[0]), int(imgsz[1])) if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 else None,
+        int(max(stride)) if isinstance(stride, (list, tuple)) and stride else int(stride)
+        if isinstance(stride, (int, float)) else None,
+        (int(kpt_shape[0]), int(kpt_shape[1])) if isinstance(kpt_shape, (list, tuple)) and len(kpt_shape) == 2
+        else None,
+        str(meta.get("end2end", "False")).strip().lower() == "true")
+
+
+def ultralytics_layout(info: UltralyticsInfo, shape: Sequence[int], post_nms: bool | None = None) -> DetectionLayout:
+    """The layout of an Ultralytics detector's output per image: (4 + classes + extras, boxes) for raw predictions,
+    where the extras are 32 mask coefficients (segment), the keypoints (pose) or an angle (obb); (boxes, 6 +
+    extras) for end-to-end heads. The class count comes from the names, so extras are never taken as classes."""
+    if len(shape) != 2:
+        raise InputError(f"a detection output per image must be 2-D (boxes x attributes), got {tuple(shape)}")
+    extras = _ULTRALYTICS_EXTRAS[info.task]
+    classes = len(info.names)
+    if post_nms or (post_nms is None and info.end2end):
+        return DetectionLayout(False, objectness=False, box="xyxy", post_nms=True, classes=classes, extras=extras)
+    attributes = min(shape)
+    wanted = 4 + classes + {"": 0, "angle": 1, "keypoints": int(np.prod(info.kpt_shape or (0,)))}.get(extras, 0)
+    if attributes < wanted + (1 if extras == "masks" else 0) or (extras != "masks" and attributes != wanted):
+        detail = {"masks": " + mask coefficients", "keypoints": f" + keypoints {info.kpt_shape}", "angle": " + 1 angle"}
+        raise InputError(f"the model's Ultralytics metadata (task {info.task}, {classes} names) does not fit its "
+                         f"output of {tuple(shape)}: rows of 4 box values + {classes} class scores"
+                         f"{detail.get(extras, '')} expected; re-export the model or fix its metadata")
+    return DetectionLayout(shape[0] < shape[1], objectness=False, box="cxcywh", classes=classes, extras=extras)
+
+
+def instance_mask(coefficients: np.ndarray, prototypes: np.ndarray, box: Sequence[float],
+                  input_hw: tuple[int, int]) -> np.ndarray:
+    """The boolean (H, W) mask of one instance of an instance-segmentation model (YOLOv8-seg style): the
+    prototypes (P, h, w) combined with the detection's P coefficients, resized to the input (bilinear), kept inside
+    its box (input pixels: pixel i is in when x0 <= i < x1), where the mask logit is positive (sigmoid > 0.5). This
+    is Ultralytics' full-resolution mask (`retina_masks`: resize, then crop), in the model input's pixels."""
+    import cv2
+
+    prototypes = np.asarray(prototypes, np.float32)
+    coefficients = np.asarray(coefficients, np.float32).reshape(-1)
+    if prototypes.ndim != 3 or prototypes.shape[0] != coefficients.size:
+        raise InputError(f"{coefficients.size} mask coefficients do not fit prototypes of shape {prototypes.shape} "
+                         "(expected (coefficients, h, w))")
+    logits = np.tensordot(coefficients, prototypes, axes=1)
+    height, width = int(input_hw[0]), int(input_hw[1])
+    logits = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
+    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]  # pixel i spans [i, i + 1)
+    inside = (cols >= box[0]) & (cols < box[2]) & (rows >= box[1]) & (rows < box[3])
+    return np.asarray((logits > 0) & inside)
+
+
+def _is_ultralytics(meta: Mapping[str, str]) -> bool:
+    return meta.get("task", "") in ULTRALYTICS_TASKS and "names" in meta and (
+        meta.get("author", "").startswith("Ultralytics") or "stride" in meta)
+
+
+def _literal(text: str | None) -> Any:
+    """A Python literal written by str() (Ultralytics' metadata), or None."""
+    if text is None:
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
 # --- embeddings ---------------------------------------------------------------------------------------------------
 @dataclass
 class SimilarityTarget(Target):
@@ -316,12 +453,17 @@ class SimilarityTarget(Target):
 
 # --- resolving what the user passed ---------------------------------------------------------------------------------
 def guess_task(output_shape: Sequence[Any] | None, metadata: dict[str, str] | None = None) -> str | None:
-    """classify / segment / detect / embed from the model's "task" metadata, else from the output's rank."""
+    """classify / segment / detect / embed from the model's "task" metadata, else from the output's rank.
+
+    Ultralytics' pose and obb models, and its instance segmentation (task "segment" with a rank-3 detection
+    output), are explained per detection: "detect"."""
     task = (metadata or {}).get("task", "")
+    rank = None if output_shape is None else len(output_shape)
+    if _is_ultralytics(metadata or {}) and (task in ("pose", "obb") or (task == "segment" and rank == 3)):
+        return "detect"
     named = {"classification": "classify", "segmentation": "segment", "detection": "detect", "embedding": "embed"}
     if task in named or task in TASKS:
         return named.get(task, task)
-    rank = None if output_shape is None else len(output_shape)
     return {2: "classify", 3: "detect", 4: "segment"}.get(rank or 0)
 
 
@@ -397,6 +539,14 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-12)
 
 
+def _rotated_bounds(boxes: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """Axis-aligned corners (B, 4) around rotated boxes cx, cy, w, h turned by `angles` (radians)."""
+    cos, sin = np.abs(np.cos(angles)), np.abs(np.sin(angles))
+    half_w = (boxes[:, 2] * cos + boxes[:, 3] * sin) / 2
+    half_h = (boxes[:, 2] * sin + boxes[:, 3] * cos) / 2
+    return np.stack([boxes[:, 0] - half_w, boxes[:, 1] - half_h, boxes[:, 0] + half_w, boxes[:, 1] + half_h], axis=1)
+
+
 def _corners(boxes: np.ndarray, form: str) -> np.ndarray:
     if form == "xyxy":
         return boxes
@@ -464,8 +614,10 @@ def class_target(task: str, category: int, output: np.ndarray, layout: Detection
                 raise InputError(f"no detection of class {category} in this image")
             return DetectionTarget(int(same[np.argmax(found.scores[same])]), category, layout).bind(output)
         offset = layout.class_offset()
-        if not 0 <= category < rows.shape[1] - offset:
-            raise InputError(f"class {category} is out of range: the detector has {rows.shape[1] - offset} classes")
+        columns = layout.class_columns(rows.shape[1])
+        if not 0 <= category < columns.stop - columns.start:
+            raise InputError(f"class {category} is out of range: the detector has {columns.stop - columns.start} "
+                             "classes")
         scores = rows[:, offset + category] * (rows[:, 4] if layout.objectness else 1.0)
         return DetectionTarget(int(np.argmax(scores)), category, layout).bind(output)
     return ClassifierOutputTarget(category)

@@ -336,15 +336,17 @@ def test_layer_perturbations_run_only_the_head(resnet: Explainer, method: str, m
     assert head.graph.node and not any(out in before for node in head.graph.node for out in node.output)
 
 
-def test_scorecam_scores_constant_channels_once():
-    """Constant channels all mask the image to zero: one run scores them, with the same result as one run each."""
+def test_scorecam_scores_each_distinct_mask_once():
+    """Constant channels all mask the image to zero, repeated channels repeat a mask, IS-CAM's zero masks are the
+    same at every sample: each distinct masked input runs once, with the result of one run per mask."""
     from onnxcam.methods import Evidence
-    from onnxcam.methods.perturbation import iscam, scorecam
+    from onnxcam.methods.perturbation import _score_weights, _torchcam_masks, iscam, scorecam
 
     rng = np.random.default_rng(5)
-    acts = rng.random((1, 6, 3, 3))
+    acts = rng.random((1, 8, 3, 3))
     acts[0, [1, 3, 4]] = 0.0
     acts[0, 5] = 2.5
+    acts[0, 6], acts[0, 7] = acts[0, 0], acts[0, 2]  # repeated channels
     weights = rng.standard_normal((4, 3 * 8 * 8))
     seen = []
 
@@ -355,17 +357,70 @@ def test_scorecam_scores_constant_channels_once():
     ev = Evidence(acts, np.array([2]), np.zeros((1, 4)), rng.random((1, 3, 8, 8)), "l", input_size=(8, 8))
     ev.scores_of = scores_of
     got = scorecam(ev, batch_size=1)
-    assert sum(seen) == 3  # channels 0 and 2, plus one run for the four constant ones
+    assert sum(seen) == 3  # channels 0 and 2 (and their copies), plus one run for the four constant ones
     expected = []
-    for k in range(6):
+    for k in range(8):
         up = _bilinear_align_corners(acts[0, k], 8)
         mask = (up - up.min()) / (up.max() - up.min() + 1e-8)
         expected.append(float(scores_of((ev.x[0] * mask)[None])[0, 2]))
     e = np.exp(np.array(expected) - max(expected))
     np.testing.assert_allclose(got[0], e / e.sum(), rtol=1e-5)  # masked inputs are float32
     seen.clear()
-    iscam(ev, num_samples=2, batch_size=8)
-    assert sum(seen) == 2 * 3
+    got = iscam(ev, num_samples=2, batch_size=8)
+    assert sum(seen) == 2 * 2 + 1  # the zero mask of the constant channels runs once for both samples
+    seen.clear()
+
+    def masks(i, ks, sample):
+        return _torchcam_masks(ev, i, ks) * ((sample + 1) * (sample + 2) / 4)
+    unshared = _score_weights(ev, masks, 2, 3, None, "softmax", share=False)
+    assert sum(seen) == 2 * 8
+    np.testing.assert_array_equal(got, unshared)
+
+
+def test_ablationcam_skips_channels_that_are_zero():
+    """Zeroing a channel that is zero everywhere changes nothing, and its weight multiplies zeros: not run."""
+    from onnxcam.methods import Evidence
+    from onnxcam.methods.perturbation import ablationcam
+
+    rng = np.random.default_rng(6)
+    acts = rng.random((2, 5, 2, 2)).astype(np.float32)
+    acts[0, [1, 4]] = 0.0
+    fc = rng.standard_normal((3, 5))
+    rows = []
+
+    def head_scores(features, image, keep):  # GAP + linear head in NumPy
+        rows.append(len(keep))
+        return (features.mean(axis=(2, 3)) * keep[:, :, 0, 0]) @ fc.T
+
+    scores = acts.mean(axis=(2, 3)) @ fc.T
+    ev = Evidence(acts, np.array([0, 2]), scores, np.zeros((2, 3, 4, 4), np.float32), "l", input_size=(4, 4))
+    ev.head_scores = head_scores
+    got = ablationcam(ev, batch_size=2)
+    assert sum(rows) == 3 + 5
+    targets = [0, 2]
+    expected = np.array([[fc[t, k] * acts[i, k].mean() / scores[i, t] for k in range(5)]
+                         for i, t in enumerate(targets)])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_head_inputs_from_before_the_layer_run_once_per_image(resnet: Explainer, monkeypatch: pytest.MonkeyPatch):
+    """Inside a residual block the head also needs the block's input: one forward per image gives it, however
+    many batches of ablated copies run."""
+    layer = "layer4.0.relu"   # the first conv of block 0: the head needs the downsample branch's input too
+    x = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    ev = resnet.evidence(x, None, [layer], method="ablationcam")[0]
+    ev.channel_ablation = None  # through the head itself
+    calls: list[tuple[str, ...]] = []
+    original = resnet.view.forward_session
+
+    def counted(tensors: tuple[str, ...]) -> Any:
+        calls.append(tensors)
+        return original(tensors)
+    monkeypatch.setattr(resnet.view, "forward_session", counted)
+    weights = get_method("ablationcam").fn(ev, batch_size=4)
+    assert resnet.view.head_session(layer)[1] and len(calls) == 2  # two images, 16 batches each
+    calls.clear()
+    np.testing.assert_allclose(get_method("ablationcam").fn(ev, batch_size=64), weights, rtol=1e-4, atol=1e-6)
 
 
 def _bilinear_align_corners(m, size):

@@ -25,8 +25,8 @@ from onnx.reference import ReferenceEvaluator
 import onnxcam
 from onnxcam.errors import GradientError, ModelError
 from onnxcam.graph.load import load_model
-from onnxcam.graph.reverse.model import GRAD_PREFIX, SEED, expose, gradient_model
 from onnxcam.graph.reverse.gradients.quantization import QUANTIZED_RANGES
+from onnxcam.graph.reverse.model import GRAD_PREFIX, SEED, expose, gradient_model
 from onnxcam.images import preprocess, read_image, resolve_preprocessing
 from onnxcam.methods import METHODS
 

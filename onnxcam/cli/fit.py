@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
@@ -55,6 +54,8 @@ def broadcam(
         path = fit.save(out)
     except (OnnxcamError, OSError) as e:
         fail(e, debug)
+    import numpy as np
+
     missing = [names[c] or str(c) for c in np.flatnonzero(targets.sum(axis=0) == 0)]
     if missing:
         err_console.print(Text(f"note: no image of class(es) {', '.join(missing)}: their maps will be empty",

@@ -8,6 +8,7 @@ import onnx
 
 from onnxcam.errors import LayerError, ModelError
 from onnxcam.graph import tokens
+from onnxcam.graph.dominators import dominator_chain, dominators
 from onnxcam.graph.load import FLOAT_TYPES
 from onnxcam.graph.topo import Shape, ancestors, elem_types, static_shapes
 
@@ -55,6 +56,8 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
         image_hint = layout_hint if layout_hint in ("NCHW", "NHWC") else None
         grid = _layout(shape, image_hint)
         layout = grid if is_float or not op_type else None
+        if layout is not None and op_type and not _plausible_grid(shape, layout, image):
+            layout = None
         if layout is None and is_float and op_type and shape is not None:
             # transformers: token tensors (B x T x C, B x C x T) and Swin's channels-last grids
             layout = _token_layout(shape, layout_hint, next((i for i in infos if i.layout and not i.op_type), None))
@@ -63,9 +66,11 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
         infos.append(TensorInfo(name, op_type, node_name, shape, is_float, layout))
 
     weights = {t.name for t in graph.initializer}
+    image: TensorInfo | None = None
     for value in graph.input:
         if value.name not in weights:
             add(value.name, "", "", guess_layout(shapes.get(value.name)))
+            image = image or (infos[-1] if infos[-1].layout else None)
     for node in graph.node:
         hint = _layout_hint(node, layouts)
         for out in node.output:
@@ -101,6 +106,24 @@ def _token_layout(shape: Shape, hint: str | None, image: TensorInfo | None) -> s
     if len(shape) == 4 and hint is None and tokens.grid_nhwc(shape, input_hw, image.shape[0]):
         return "NHWC"
     return None
+
+
+# How much the strides of a feature map's two axes may differ (in input pixels per cell): a map made by a
+# network's convolutions shrinks both axes alike; a box tensor reshaped for a Conv (YOLOv8's DFL: 4 x boxes) does not.
+_MAX_STRIDE_RATIO = 8
+
+
+def _plausible_grid(shape: Shape | None, layout: str, image: TensorInfo | None) -> bool:
+    """Whether a rank-4 tensor's h x w can be a grid over the image input (unknown sizes: yes)."""
+    if image is None or image.shape is None or shape is None:
+        return True
+    size = image.shape[2:4] if image.layout == "NCHW" else image.shape[1:3]
+    grid = shape[2:4] if layout == "NCHW" else shape[1:3]
+    dims = [d for d in (*size, *grid) if isinstance(d, int) and d > 0]
+    if len(dims) != 4:
+        return True
+    strides = [dims[0] / dims[2], dims[1] / dims[3]]
+    return max(strides) / min(strides) <= _MAX_STRIDE_RATIO
 
 
 def _layout(shape: Shape | None, hint: str | None) -> str | None:
@@ -186,17 +209,28 @@ def _before_output_quantization(name: str, producer: dict[str, onnx.NodeProto]) 
 
 
 def default_layer(model: onnx.ModelProto, score: str, infos: list[TensorInfo] | None = None) -> str:
-    """The last spatial feature map (in graph order) that the score depends on; for a transformer whose head reads
-    the class token, the last token tensor before the last attention (see tokens.class_token_default)."""
+    """The last spatial feature map (in graph order) that the score depends on and that every path from the image
+    to the score passes through; for a transformer whose head reads the class token, the last token tensor before
+    the last attention (see tokens.class_token_default).
+
+    Passing through every path keeps the default out of residual branches: an attention block, an MLP or a
+    ResNet block's convolutions are bypassed by their skip connection, while the blocks' outputs are not."""
     infos = catalogue(model) if infos is None else infos
-    needed = ancestors(list(model.graph.node), score)
+    nodes = list(model.graph.node)
+    needed = ancestors(nodes, score)
     spatial = [t for t in infos if t.spatial and t.name in needed and t.op_type]
     if not spatial:
         raise LayerError("the model has no spatial feature map (a rank-4 NCHW or NHWC tensor, or transformer tokens) "
                          "before its score; CAM methods need one: pass --layer with a tensor name, or explain another "
                          "model")
-    if not tokens.has_attention(model, needed):
+    attention = tokens.has_attention(model, needed)
+    if not attention:
         # no transformer: token-shaped tensors after the last feature map are a head's output (detection boxes)
         spatial = [t for t in spatial if t.layout not in tokens.TOKEN_LAYOUTS] or spatial
     token_layers = [(t.name, t.shape) for t in spatial if t.layout == "BTC" and t.shape is not None]
-    return tokens.class_token_default(model, needed, token_layers) or spatial[-1].name
+    chosen = tokens.class_token_default(model, needed, token_layers)
+    if chosen is not None:
+        return chosen
+    image = next((t.name for t in infos if not t.op_type and t.layout), None)
+    on_every_path = set(dominator_chain(score, dominators(model, image))) if image is not None else set()
+    return ([t for t in spatial if t.name in on_every_path] or spatial)[-1].name

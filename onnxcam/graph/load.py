@@ -8,6 +8,7 @@ and inferred shapes.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -28,6 +29,7 @@ KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nc
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 ModelSource = str | os.PathLike | bytes | ModelProto
+_log = logging.getLogger("onnxcam")
 
 
 def load_model(source: ModelSource) -> ModelProto:
@@ -41,7 +43,7 @@ def load_model(source: ModelSource) -> ModelProto:
     model = _upgrade_opset(model)
     dequantize_operators(model)  # integer ops -> DequantizeLinear, float op, QuantizeLinear
     _fold_constants(model)
-    return _infer_shapes(model)
+    return _complete_by_run(_infer_shapes(model))
 
 
 def model_name(source: ModelSource) -> str:
@@ -349,29 +351,231 @@ def _evaluate(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
 
 
 def _infer_shapes(model: ModelProto) -> ModelProto:
-    """Shapes inferred from the ops win over the shapes an exporter declared: jax2onnx 0.17 declares some
-    intermediate tensors NHWC that it computes NCHW. Declared shapes stay only where inference finds none."""
-    declared = list(model.graph.value_info)
-    del model.graph.value_info[:]
-    try:
-        inferred = infer_across_contrib_quantization(model, lambda m: shape_inference.infer_shapes(m, data_prop=True))
-    except Exception:  # inference is an aid: rules fall back to run-time shapes
-        model.graph.value_info.extend(declared)
-        return model
-    found = {v.name: v for v in inferred.graph.value_info if v.type.tensor_type.HasField("shape")}
-    for value in declared:
-        if value.name not in found:
-            inferred.graph.value_info.append(value)
+    """Shapes inferred from the graph, trusted over the file's own annotations.
+
+    Exporters can leave stale `value_info` (jax2onnx writes NHWC shapes for tensors that are NCHW by then);
+    onnxruntime merges them leniently and runs, but rules built on them emit nodes whose shapes do not fit. So
+    inference starts from the graph inputs alone; an annotation that agrees with it adds what inference could
+    not tell (a symbolic or unknown dim), one that contradicts it (rank, a static dim, element type) is dropped
+    with a debug note, and one inference never reached is kept.
+    """
+    declared = {v.name: v for v in model.graph.value_info}
+    declared_outputs = {o.name: _copy(o) for o in model.graph.output}
+    # inference runs on a copy whose large initializers are stubs (name, type and dims only): it never reads
+    # their values, and copying a 100 MB model into C++ and back would cost four copies of its weights
+    bare = ModelProto()
+    _copy_fields(model, bare, skip="graph")
+    _copy_fields(model.graph, bare.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        stub = bare.graph.initializer.add()
+        if _elements(tensor) > _FOLD_LIMIT and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            stub.name, stub.data_type, stub.data_location = tensor.name, tensor.data_type, onnx.TensorProto.EXTERNAL
+            stub.dims.extend(tensor.dims)
+            stub.external_data.add(key="location", value="onnxcam-shape-stub")
         else:
-            _fill_unknown_dims(found[value.name], value)
-    return inferred
+            stub.CopyFrom(tensor)
+    del bare.graph.value_info[:]
+    for value in bare.graph.output:  # outputs' shapes can be stale too: keep only their element types
+        value.type.tensor_type.ClearField("shape")
+    try:
+        inferred = infer_across_contrib_quantization(bare, lambda m: shape_inference.infer_shapes(m,
+                                                                                                 data_prop=True))
+    except Exception:  # inference is an aid: rules fall back to run-time shapes
+        return model
+    found = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    unreached = [v for name, v in declared.items() if name not in found]
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        stated = declared.get(value.name) or declared_outputs.get(value.name)
+        if stated is not None:
+            _reconcile(value, stated)
+    if unreached:  # annotations past what inference reaches (custom functions...): let inference go on from them
+        inferred.graph.value_info.extend(unreached)
+        try:
+            inferred = shape_inference.infer_shapes(inferred, data_prop=True)
+        except Exception:
+            pass
+    for name in ("value_info", "output", "node"):  # nodes: inference also annotates If/Loop bodies
+        del getattr(model.graph, name)[:]
+        getattr(model.graph, name).extend(getattr(inferred.graph, name))
+    return model
 
 
-def _fill_unknown_dims(inferred: onnx.ValueInfoProto, declared: onnx.ValueInfoProto) -> None:
-    """Dims inference left open take the declared ones, when both have the same rank."""
-    dims, hints = inferred.type.tensor_type.shape.dim, declared.type.tensor_type.shape.dim
-    if len(dims) != len(hints):
+def _copy(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(value)
+    return copy
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+
+
+def _reconcile(inferred: onnx.ValueInfoProto, stated: onnx.ValueInfoProto) -> None:
+    """Fill what inference left open in `inferred` from the file's annotation `stated`, unless they conflict."""
+    got, said = _dims(inferred), _dims(stated)
+    stated_type, inferred_type = stated.type.tensor_type.elem_type, inferred.type.tensor_type.elem_type
+    conflict = (stated_type and inferred_type and stated_type != inferred_type) or (
+        got is not None and said is not None and (len(got) != len(said) or any(
+            isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(got, said))))
+    if conflict:
+        _log.debug("dropped the stale annotation of tensor '%s': the file says %s %s, the graph gives %s %s",
+                   inferred.name, said, stated_type, got, inferred_type)
         return
-    for dim, hint in zip(dims, hints):
-        if not dim.HasField("dim_value") and not dim.HasField("dim_param") and hint.HasField("dim_value"):
-            dim.dim_value = hint.dim_value
+    if said is None:
+        return
+    if got is None:
+        inferred.type.tensor_type.shape.CopyFrom(stated.type.tensor_type.shape)
+        return
+    for dim, stated_dim in zip(inferred.type.tensor_type.shape.dim, stated.type.tensor_type.shape.dim):
+        if not dim.HasField("dim_value") and not dim.dim_param:
+            dim.CopyFrom(stated_dim)
+
+
+# Ops whose output sizes depend on the values computed: a run with zeros says nothing about other inputs.
+_DATA_DEPENDENT = {"NonZero", "NonMaxSuppression", "Unique", "Compress", "Loop", "If", "Scan", "SequenceConstruct",
+                   "SplitToSequence", "ConcatFromSequence"}
+
+
+def _complete_by_run(model: ModelProto) -> ModelProto:
+    """Sizes that inference could not tell, read from one onnxruntime run on zeros (two with a dynamic batch).
+
+    Static inference loses sizes through shape arithmetic (Swin's window partitions: Shape, Gather, Pad, Reshape),
+    and layers without a size are invisible to the catalogue. Only tensors computed from the inputs are read. A
+    dim that differs between batch 1 and 2 is the batch (or k times it, named `k*batch`: not one image per row);
+    tensors after data-dependent ops (NonZero, NMS...) are left alone, as are models whose inputs have dynamic
+    sizes other than the batch.
+    """
+    graph = model.graph
+    known = {v.name: _dims(v) for v in list(graph.input) + list(graph.value_info) + list(graph.output)}
+    symbols = {d for v in graph.input for d in (_dims(v) or []) if isinstance(d, str)}
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.output)}
+    varying = _after_data_dependent(graph)
+    computed = _computed_from_inputs(graph)
+    missing = [o for n in graph.node for o in n.output
+               if o in computed and o not in varying and types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES
+               and _incomplete(known.get(o), symbols)]
+    feeds = _zero_feeds(model)
+    if not missing or feeds is None:
+        return model
+    try:
+        runs = _run_shapes(model, missing, feeds)
+    except Exception as exc:  # a model onnxruntime cannot run is reported later, where it is run
+        _log.debug("could not complete shapes by a run: %s", exc)
+        return model
+    batch_symbol = next(iter(sorted(symbols)), "batch")
+    values = {v.name: v for v in graph.value_info}
+    for name in missing:
+        shapes = [run[name] for run in runs]
+        if len({len(s) for s in shapes}) != 1:
+            continue
+        dims = [_run_dim([s[axis] for s in shapes], batch_symbol) for axis in range(len(shapes[0]))]
+        previous = known.get(name)
+        if previous is not None and len(previous) == len(dims):  # keep what inference named (a named batch)
+            dims = [p if isinstance(p, str) and p in symbols else d for p, d in zip(previous, dims)]
+        value = values.get(name)
+        if value is None:
+            value = graph.value_info.add()
+            value.name = name
+        value.type.tensor_type.elem_type = types.get(name) or onnx.TensorProto.FLOAT
+        value.type.tensor_type.shape.CopyFrom(helper.make_tensor_type_proto(1, dims).tensor_type.shape)
+    return model
+
+
+def _computed_from_inputs(graph: onnx.GraphProto) -> set[str]:
+    reached = {v.name for v in graph.input}
+    for node in graph.node:
+        if any(i in reached for i in node.input):
+            reached.update(o for o in node.output if o)
+    return reached
+
+
+def _incomplete(dims: list[int | str | None] | None, symbols: set[str]) -> bool:
+    return dims is None or any(d is None or (isinstance(d, str) and d not in symbols) for d in dims)
+
+
+def _after_data_dependent(graph: onnx.GraphProto) -> set[str]:
+    """Tensors whose sizes can change with the values fed: after data-dependent ops, or computed from inputs that
+    are no images (integers, scalars or vectors: axes, sizes, scales or indices given at run time)."""
+    tainted = {v.name for v in graph.input if v.type.tensor_type.elem_type not in FLOAT_TYPES
+               or len(_dims(v) or ()) < 3}
+    for node in graph.node:
+        if node.op_type in _DATA_DEPENDENT or any(i in tainted for i in node.input):
+            tainted.update(o for o in node.output if o)
+    return tainted
+
+
+def _zero_feeds(model: ModelProto) -> list[dict[str, np.ndarray]] | None:
+    """Zero inputs at batch 1 (and 2 when the batch is dynamic); None when another size is dynamic."""
+    feeds: list[dict[str, np.ndarray]] = [{}, {}]
+    dynamic_batch = False
+    for value in model.graph.input:
+        dims = _dims(value)
+        if dims is None:
+            return None
+        if any(not isinstance(d, int) for d in dims[1:]):
+            return None
+        dynamic_batch |= bool(dims) and not isinstance(dims[0], int)
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        for batch, feed in zip((1, 2), feeds):
+            shape = [batch if not isinstance(d, int) else d for d in dims]
+            feed[value.name] = np.zeros(shape, dtype)
+    return feeds if dynamic_batch else feeds[:1]
+
+
+def _run_shapes(model: ModelProto, names: list[str],
+                feeds: list[dict[str, np.ndarray]]) -> list[dict[str, tuple[int, ...]]]:
+    """The shapes of `names` in one run per feed, from one session."""
+    import onnxruntime as ort
+
+    exposed = ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [{name: tuple(np.shape(v)) for name, v in zip(names, session.run(names, feed))} for feed in feeds]
+
+
+def _run_dim(sizes: list[int], batch: str) -> int | str | None:
+    """One dim from its sizes at batch 1 (and 2): equal sizes are static, k and 2k are k times the batch."""
+    if len(set(sizes)) == 1:
+        return int(sizes[0])
+    if len(sizes) == 2 and sizes[1] == 2 * sizes[0]:
+        return batch if sizes[0] == 1 else f"{sizes[0]}*{batch}"
+    return None
+
+
+def at_input_size(model: ModelProto, image: str, size: tuple[int, int], layout: str = "NCHW") -> ModelProto:
+    """A copy of a loaded model whose image input is fixed to batch 1 and `size` (H, W), with the shapes that
+    follow inferred again: exports with dynamic sizes (Ultralytics' dynamic=True, most detectors) then have
+    static sizes everywhere, for graph facts that need them (the rows of each detection scale)."""
+    fixed = ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name != image:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        axes = (0, 2, 3) if layout == "NCHW" else (0, 1, 2)
+        for axis, size_value in zip(axes, (1, *size)):
+            if axis < len(dims):
+                dims[axis].Clear()
+                dims[axis].dim_value = int(size_value)
+    del fixed.graph.value_info[:]
+    return _complete_by_run(_infer_shapes(fixed))
+
+
+def _copy_fields(source: Message, target: Message, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if _repeated(field):
+            getattr(target, field.name).extend(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)

@@ -7,7 +7,8 @@ float op it stands for, between DequantizeLinear and QuantizeLinear nodes that u
 points. Then:
 - every quantised tensor a rewritten node reads has a float view, its DequantizeLinear output `<name>_dequantized`:
   the value the op computes with, and the tensor CAM methods read as a layer;
-- gradients follow the quantisation rules (graph/reverse/gradients/quantization.py): exact through DequantizeLinear and the
+- gradients follow the quantisation rules (graph/reverse/gradients/quantization.py): exact through DequantizeLinear
+  and the
   float op, straight-through at QuantizeLinear.
 The integer outputs keep their names and types (except ConvInteger / MatMulInteger whose int32 results only feed
 Casts: they become float, the same values), so nodes left alone still read what they read before. The rewritten

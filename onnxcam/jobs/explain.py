@@ -55,7 +55,6 @@ from onnxcam.jobs.records import (
     Unit,
     check_resume,
     dumps,
-    file_sha256,
     previous_records,
     read_manifest,
 )
@@ -243,9 +242,8 @@ def _plan(ex: Explainer, task: str, target: int | str | None, top_k: int | None,
 def _manifest(model: ModelSource, ex: Explainer, spec: RunSpec) -> dict[str, Any]:
     from onnxcam import __version__
 
-    path = model if isinstance(model, (str, os.PathLike)) else None
     return {"onnxcam": __version__, "model": printable(model_name(model)),
-            "model_sha256": file_sha256(path) if path is not None else ex.model_id,
+            "model_sha256": ex.model_id,
             "layers": list(ex.layer), "methods": spec.methods, "method_options": spec.method_options,
             "targets": spec.plan.describe(), "preprocessing": spec.preprocessing.describe(),
             "explainer": {k: v for k, v in spec.explainer.items() if k not in ("layer", "device")},

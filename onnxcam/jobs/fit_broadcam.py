@@ -29,12 +29,12 @@ import numpy as np
 
 from onnxcam.errors import InputError, LayerError
 from onnxcam.explainer import Explainer
-from onnxcam.graph.load import ModelSource, load_model
+from onnxcam.graph.load import ModelSource
 from onnxcam.graph.topo import ancestors
 from onnxcam.images import model_labels, preprocess, read_image, read_labels
 from onnxcam.jobs.evaluate import find_images, read_label_rows
 from onnxcam.methods.broadcam import BroadcamFit
-from onnxcam.runtime import model_key
+from onnxcam.runtime import model_sha256
 
 
 def ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
@@ -173,5 +173,5 @@ def fit_options(model: ModelSource, methods: Sequence[str], fit: str | os.PathLi
         return None
     if "broadcam" not in methods:
         raise InputError("--fit is used by --method broadcam only")
-    BroadcamFit.load(fit).check_model(model_key(load_model(model)), str(model))
+    BroadcamFit.load(fit).check_model(model_sha256(model), str(model))
     return {"broadcam": {"fit": str(fit)}}

@@ -106,9 +106,11 @@ class Method:
         """The options it takes: its function's keyword arguments (and eigen_smooth's sign, for every method)."""
         return _parameters(self.fn) | {"eigen_sign"}
 
-    def accepts(self, options: dict[str, Any], strict: bool = True) -> dict[str, Any]:
+    def accepts(self, options: dict[str, Any], strict: bool = True, own: bool = False) -> dict[str, Any]:
         """The subset of `options` it takes; with `strict`, an unknown name is an error that lists the accepted
-        ones and suggests the closest (a typo would otherwise be ignored)."""
+        ones and suggests the closest (a typo would otherwise be ignored). `own`: only its function's arguments."""
+        if own:
+            return {k: v for k, v in options.items() if k in _parameters(self.fn)}
         unknown = sorted(set(options) - self.options)
         if unknown and strict:
             raise InputError(f"unknown option(s) {', '.join(unknown)} for method '{self.name}'"

@@ -1,6 +1,6 @@
 """BroadCAM (Lin et al., arXiv 2309.03509): class weights fitted on a small labelled set, not read from the model.
 
-The weights W come from `onnxcam fit broadcam` (onnxcam/broadcam_fit.py): a ridge regression from multi-stage
+The weights W come from `onnxcam fit broadcam` (onnxcam/jobs/fit_broadcam.py): a ridge regression from multi-stage
 pooled features to one-hot labels. The map of class c is, summed over the fitted layers after resizing each to
 the input size, ReLU(sum_k W_ck ReLU(A_k)).
 """

@@ -112,7 +112,7 @@ def _matching_layer(ex: Explainer, x: np.ndarray, activation: np.ndarray) -> tup
     """The ONNX tensor equal to the torch layer's output (same shape, smallest max difference)."""
     best, error = "", float("inf")
     for name in ex.layers:
-        values = ex._forward_session((name,)).run([name], {ex.input_name: x})[0]
+        values = ex.view.forward_session((name,)).run([name], {ex.input_name: x})[0]
         if values.shape == activation.shape:
             diff = float(np.abs(values - activation).max() / (np.abs(activation).max() + 1e-12))
             if diff < error:

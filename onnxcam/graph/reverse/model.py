@@ -22,10 +22,10 @@ from onnxcam.errors import InputError, LayerError
 from onnxcam.graph.builder import Builder, Shape
 from onnxcam.graph.catalogue import find_score
 from onnxcam.graph.load import default_opset
+from onnxcam.graph.precision import promote_to_float32, reverse_type
 from onnxcam.graph.reverse.relevance import LrpOptions, rule_table
 from onnxcam.graph.reverse.walker import backward
 from onnxcam.graph.topo import elem_types, static_shapes
-from onnxcam.graph.precision import promote_to_float32, reverse_type
 
 SEED = "onnxcam_seed"
 SCORES = "onnxcam_scores"
