@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 from collections.abc import Sequence
@@ -84,6 +85,14 @@ def preview_jpeg(rgb: np.ndarray, max_side: int = 320, quality: int = 85) -> byt
     if not ok:
         raise OSError("OpenCV could not encode the JPEG")
     return buf.tobytes()
+
+
+def thumbnail_data_uri(rgb: np.ndarray, max_side: int = 256) -> str:
+    """A small JPEG as a data: URI, for pages that embed a few pictures (the compare report)."""
+    try:
+        return "data:image/jpeg;base64," + base64.b64encode(preview_jpeg(rgb, max_side)).decode("ascii")
+    except OSError:
+        return ""
 
 
 def colormap_stops(colormap: str = "jet", stops: int = 11) -> list[str]:
