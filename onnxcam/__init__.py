@@ -4,15 +4,26 @@ The public names are imported on first use (PEP 562), so `import onnxcam` and `o
 nor onnxruntime nor OpenCV.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
 __version__ = "0.1.0"
 
 # First: sets OpenCV's pixel limit and log level, which cv2 reads only when imported (see onnxcam/opencv.py).
 from onnxcam import opencv as _opencv  # noqa: E402,F401,I001
 from onnxcam.errors import GradientError, InputError, LayerError, ModelError, OnnxcamError  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first use
+    from onnxcam.explainer import Explainer
+    from onnxcam.jobs.compare import compare
+    from onnxcam.methods import METHODS as methods
+    from onnxcam.runners import (
+        GradientResult,
+        RelevanceResult,
+        ReverseResult,
+        ReverseRunner,
+        gradients,
+        relevance,
+    )
+    from onnxcam.runtime import clear_cache
 
 # public name -> (module, attribute)
 _LAZY = {
@@ -29,12 +40,17 @@ _LAZY = {
     "load_images": ("onnxcam.api", "load_images"),
     "overlay": ("onnxcam.api", "overlay"),
     "save_report": ("onnxcam.api", "save_report"),
+    "compare": ("onnxcam.jobs.compare", "compare"),
 }
 
-__all__ = ["GradientError", "InputError", "LayerError", "ModelError", "OnnxcamError", "__version__", *_LAZY]
+__all__ = [
+    "Explainer", "GradientError", "GradientResult", "Images", "InputError", "LayerError", "ModelError",
+    "OnnxcamError", "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "clear_cache", "compare",
+    "gradients", "load_images", "methods", "overlay", "relevance", "save_report",
+]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module 'onnxcam' has no attribute '{name}'")
     import importlib

@@ -91,5 +91,5 @@ def test_every_command_is_listed_whichever_way_the_cli_starts() -> None:
     for command in ([sys.executable, "-m", "onnxcam.cli", "--help"], [sys.executable, "-m", "onnxcam", "--help"]):
         text = subprocess.run(command, capture_output=True, text=True, timeout=120,
                               env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
-        for name in ("explain", "inspect", "methods", "evaluate", "demo", "fit", "export", "cache"):
+        for name in ("explain", "inspect", "methods", "evaluate", "demo", "fit", "export", "cache", "compare"):
             assert f" {name} " in text, (command, name, text)

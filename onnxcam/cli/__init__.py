@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from onnxcam.cli import cache, demo, evaluate, explain, export, fit, inspect, methods
+from onnxcam.cli import cache, compare, demo, evaluate, explain, export, fit, inspect, methods
 
 app = typer.Typer(help="Class activation maps (Grad-CAM and friends) for ONNX image models.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -14,6 +14,7 @@ app.command("inspect")(inspect.inspect)
 app.command("methods")(methods.methods_command)
 app.command("evaluate")(evaluate.evaluate)
 app.command("demo")(demo.demo)
+app.command("compare")(compare.compare)
 app.command("export")(export.export)
 app.add_typer(fit.fit_app, name="fit")
 app.add_typer(cache.cache_app, name="cache")

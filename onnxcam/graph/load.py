@@ -507,6 +507,10 @@ def _after_data_dependent(graph: onnx.GraphProto) -> set[str]:
     return tainted
 
 
+# Elements per image input up to which a zero run may fill in sizes (3 x 40 MP: the pixel limit in colour).
+_RUN_LIMIT = 3 * 40_000_000
+
+
 def _zero_feeds(model: ModelProto) -> list[dict[str, np.ndarray]] | None:
     """Zero inputs at batch 1 (and 2 when the batch is dynamic); None when another size is dynamic."""
     feeds: list[dict[str, np.ndarray]] = [{}, {}]
@@ -518,6 +522,8 @@ def _zero_feeds(model: ModelProto) -> list[dict[str, np.ndarray]] | None:
         if any(not isinstance(d, int) for d in dims[1:]):
             return None
         dynamic_batch |= bool(dims) and not isinstance(dims[0], int)
+        if int(np.prod([int(d) for d in dims[1:] if isinstance(d, int)], dtype=np.int64)) > _RUN_LIMIT:
+            return None  # a run on an input this large would allocate more than any image we accept
         dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         for batch, feed in zip((1, 2), feeds):
             shape = [batch if not isinstance(d, int) else d for d in dims]
