@@ -137,6 +137,11 @@ class ExplainProgress:
     def on_image(self, _record: Any) -> None:
         self.done += 1
 
+    def advance(self, _record: Any = None) -> None:
+        """One image done, for jobs that report no finer progress (compare)."""
+        self.done += 1
+        self.bar.advance(self.task)
+
     def on_progress(self, images: float) -> None:
         """Images done as a float: moves during the inner loops of slow methods, not only per image."""
         self.bar.update(self.task, completed=images)
