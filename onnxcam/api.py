@@ -6,7 +6,7 @@ Python. All three are exported as `onnxcam.load_images`, `onnxcam.overlay` and `
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,6 @@ class Images:
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def __iter__(self) -> Iterator[Any]:
-        """`x, images = onnxcam.load_images(...)` unpacks the batch and the originals."""
-        return iter((self.x, self.images))
 
     def to_original(self, maps: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
         """Maps (N, h, w) (any size, e.g. the input's) resized to each original's (H_i, W_i), float32 in [0, 1]."""

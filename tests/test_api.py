@@ -37,8 +37,6 @@ def test_load_images_gives_the_batch_and_the_way_back(ex: onnxcam.Explainer, tmp
     assert [im.shape for im in batch.images] == [(96, 96, 3), (60, 150, 3)] and len(batch) == 2
     assert batch.names == ["01_circle.png", "wide.png"] and batch.preprocessing == ex.preprocessing
     np.testing.assert_array_equal(batch.x, ex.preprocess(batch.images))  # the same as Explainer.preprocess
-    x, originals = batch  # unpacks like (x, rgb images)
-    assert x is batch.x and originals is batch.images
     maps = ex.explain(batch.x, "gradcam")
     back = batch.to_original(maps)
     assert [m.shape for m in back] == [(96, 96), (60, 150)] and all(0 <= m.min() and m.max() <= 1 for m in back)
