@@ -36,13 +36,17 @@ _LAZY = {
     "ReverseRunner": ("onnxcam.runners", "ReverseRunner"),
     "gradients": ("onnxcam.runners", "gradients"),
     "relevance": ("onnxcam.runners", "relevance"),
+    "Images": ("onnxcam.api", "Images"),
+    "load_images": ("onnxcam.api", "load_images"),
+    "overlay": ("onnxcam.api", "overlay"),
+    "save_report": ("onnxcam.api", "save_report"),
     "compare": ("onnxcam.jobs.compare", "compare"),
 }
 
 __all__ = [
-    "Explainer", "GradientError", "GradientResult", "InputError", "LayerError", "ModelError", "OnnxcamError",
-    "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "clear_cache", "compare", "gradients",
-    "methods", "relevance",
+    "Explainer", "GradientError", "GradientResult", "Images", "InputError", "LayerError", "ModelError",
+    "OnnxcamError", "RelevanceResult", "ReverseResult", "ReverseRunner", "__version__", "clear_cache", "compare",
+    "gradients", "load_images", "methods", "overlay", "relevance", "save_report",
 ]
 
 

@@ -346,8 +346,10 @@ class EvidenceBuilder:
 
     def _scores_of(self, batch: np.ndarray) -> np.ndarray:
         v = self.view
-        return v.forward_session(()).run([v.score], {v.input_name: np.ascontiguousarray(batch, np.float32)})[0].reshape(
-            len(batch), -1)
+        step = v.batch_limit or max(1, len(batch))  # a fixed-batch model scores masked inputs in parts
+        parts = [np.ascontiguousarray(batch[i:i + step], np.float32) for i in range(0, len(batch), step)]
+        return np.concatenate([v.forward_session(()).run([v.score], {v.input_name: part})[0].reshape(len(part), -1)
+                               for part in parts])
 
     def _tensors_of_fn(self, layer: str, x: np.ndarray, *_: Any) -> Callable[[Sequence[str]], dict[str, np.ndarray]]:
         return functools.partial(self._tensors_of, x)
@@ -410,6 +412,11 @@ class EvidenceBuilder:
 
     def _input_gradients_of(self, batch: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores (B, classes) and d score[target] / d input for a batch, one run (Opti-CAM's inner step)."""
+        step = self.view.batch_limit or max(1, len(batch))  # a fixed-batch model: in parts
+        if len(batch) > step:
+            parts = [self._input_gradients_of(batch[i:i + step], targets[i:i + step])
+                     for i in range(0, len(batch), step)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         result = self.view.reverse_runner([], with_input=True).run(batch, np.asarray(targets, np.int64))
         assert result.input_values is not None
         return result.scores.reshape(len(batch), -1), result.input_values

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,8 @@ from onnxcam.methods import Evidence, Method, get_method
 from onnxcam.methods.postprocess import combine, normalise
 from onnxcam.runners import Targets, target_ids
 from onnxcam.targets import CLASS_ONLY_METHODS, ClassifierOutputTarget, DetectionLayout, is_target_objects
+
+Progress = Callable[[float], None]  # called with the fraction of an explain call done, 0..1
 
 
 class Explainer:
@@ -140,18 +142,21 @@ class Explainer:
     # --- explaining -----------------------------------------------------------------------------------------------
     def explain(self, x: np.ndarray, method: str = "gradcam", targets: Targets | Sequence[str] = None,
                 layer: str | Sequence[str] | None = None, aug_smooth: bool = False, eigen_smooth: bool = False,
-                **options: Any) -> np.ndarray:
+                progress: Progress | None = None, **options: Any) -> np.ndarray:
         """Maps (N, H, W) float32 in [0, 1] at the input's spatial size.
 
         x: a preprocessed batch (N, C, H, W) or (N, H, W, C), the model's own layout (see `preprocess`).
         targets: None (each image's predicted class), a class index or name, one per image, or onnxcam.targets
         objects (segmentation regions, detections, similarity). options: the method's own (`onnxcam methods`).
+        progress: called with the fraction of the call done (0..1) as slow methods (Score-CAM family,
+        Ablation-CAM, Opti-CAM, ...) go through their masked batches, channel chunks or iterations.
         """
-        return self.explain_scored(x, method, targets, layer, aug_smooth, eigen_smooth, **options)[0]
+        return self.explain_scored(x, method, targets, layer, aug_smooth, eigen_smooth, progress, **options)[0]
 
     def explain_scored(self, x: np.ndarray, method: str = "gradcam", targets: Targets | Sequence[str] = None,
                        layer: str | Sequence[str] | None = None, aug_smooth: bool = False,
-                       eigen_smooth: bool = False, **options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       eigen_smooth: bool = False, progress: Progress | None = None,
+                       **options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As `explain`, plus the scores (N, classes) of x and the class explained per image, from the same run
         (callers that report scores need no second forward pass)."""
         spec = get_method(method)
@@ -160,8 +165,10 @@ class Explainer:
         x = np.asarray(x)
         targets = self._by_name(targets)
         self._check_method(spec, targets, aug_smooth)
+        slices = self._slices(len(x))
         parts = [self._explain_part(self.view.check(x[s]), spec, _slice_targets(targets, s, len(x)), layers,
-                                    aug_smooth, eigen_smooth, method_options) for s in self._slices(len(x))]
+                                    aug_smooth, eigen_smooth, method_options, _share(progress, k, len(slices)))
+                 for k, s in enumerate(slices)]
         if len(parts) == 1:
             return parts[0]
         maps, scores, chosen = zip(*parts)
@@ -183,17 +190,20 @@ class Explainer:
 
     # --- internals ------------------------------------------------------------------------------------------------
     def _explain_part(self, x: np.ndarray, spec: Method, targets: Any, layers: list[str], aug_smooth: bool,
-                      eigen_smooth: bool, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      eigen_smooth: bool, options: dict[str, Any], progress: Progress | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if aug_smooth:
-            return self._augmented(x, spec.name, targets, layers, eigen_smooth, options)
+            return self._augmented(x, spec.name, targets, layers, eigen_smooth, options, progress)
         size = self.input_size(x)
         per_layer = []
         evidences = self._evidence.build(x, targets, layers, spec, options)
         sign = options.get("eigen_sign", "activation")
         own = spec.accepts(options, strict=False, own=True)  # eigen_sign also steers eigen_smooth, for every method
-        for ev in evidences:
+        for k, ev in enumerate(evidences):
+            ev.progress = _share(progress, k, len(evidences))
             raw = combine(spec.fn(ev, **own), ev.activations, eigen_smooth, sign)
             per_layer.append(normalise(raw, size))
+            ev.done(1.0)
         maps = per_layer[0] if len(per_layer) == 1 else normalise(np.mean(per_layer, axis=0), size)
         return maps, evidences[0].scores, evidences[0].targets
 
@@ -231,20 +241,29 @@ class Explainer:
         return [x[s] for s in self._slices(len(x))]
 
     def _augmented(self, x: np.ndarray, method: str, targets: Targets, layers: list[str], eigen_smooth: bool,
-                   options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   options: dict[str, Any], progress: Progress | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Test-time augmentation as in pytorch-grad-cam: horizontal flip x intensity factors 0.9, 1, 1.1."""
         scores = self.scores(x)
         ids = target_ids(targets, len(x), scores.shape[1])
         chosen = scores.argmax(axis=1) if ids is None else ids
         width_axis = 3 if self.input_layout == "NCHW" else 2
-        maps = []
+        maps: list[np.ndarray] = []
         for flip in (False, True):
             for factor in (0.9, 1.0, 1.1):
                 xt = np.flip(x, axis=width_axis) if flip else x
                 m = self.explain(np.ascontiguousarray(xt * factor, x.dtype), method, chosen, layers,
-                                 eigen_smooth=eigen_smooth, **options)
+                                 eigen_smooth=eigen_smooth, progress=_share(progress, len(maps), 6), **options)
                 maps.append(np.flip(m, axis=2) if flip else m)
         return normalise(np.mean(maps, axis=0)), scores, chosen
+
+
+def _share(progress: Progress | None, part: int, parts: int) -> Progress | None:
+    """Part `part` of `parts` equal parts of a call's progress (fixed-batch slices, layers, augmentations)."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda fraction: report((part + fraction) / parts)
 
 
 def _slice_targets(targets: Any, part: slice, n: int) -> Any:

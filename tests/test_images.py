@@ -26,7 +26,8 @@ from onnxcam.images import (
     resolve_preprocessing,
     resolve_target,
 )
-from onnxcam.render import npy_complete, overlay, report_html, write_bytes, write_npy
+from onnxcam.render import npy_complete, overlay, write_bytes, write_npy
+from onnxcam.report import Header, render_report
 
 RNG = np.random.default_rng(0)
 
@@ -199,6 +200,7 @@ def test_render_helpers(tmp_path):
     assert not npy_complete(tmp_path / "cut.npy")
     write_bytes(tmp_path / "sub" / "x.txt", b"hi")
     assert (tmp_path / "sub" / "x.txt").read_bytes() == b"hi" and len(list((tmp_path / "sub").iterdir())) == 1
-    page = report_html([{"image": "<script>x</script>.png", "status": "ok", "label": "a&b", "method": "gradcam"}],
-                       {}, "t<", {"model": "m\"q"})
-    assert "<script>x" not in page and "&lt;script&gt;" in page and "a&amp;b" in page and "m&quot;q" in page
+    page = render_report([{"image": "<script>x</script>.png", "status": "ok", "label": "a&b", "method": "gradcam",
+                           "paths": {"overlay": "x.png"}}], Header("t<", [("model", "m\"q")]))
+    assert "<script>x" not in page and "\\u003cscript\\u003e" in page and "a\\u0026b" in page
+    assert "m&quot;q" in page and "<title>t&lt;</title>" in page

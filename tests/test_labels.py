@@ -163,7 +163,7 @@ def test_numeric_labels_win_over_indices_and_hash_forces_an_index() -> None:
     assert resolve_target("Dog", ["cat", "dog"], 2) == 1
     with pytest.raises(InputError, match="did you mean 'dog'"):
         resolve_target("dgo", ["cat", "dog"], 2)
-    with pytest.raises(InputError, match="pass --labels FILE"):
+    with pytest.raises(InputError, match="pass --class-names FILE"):
         resolve_target("dog", None, 2)
 
 

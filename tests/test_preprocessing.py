@@ -238,7 +238,7 @@ def test_a_centre_cropped_run_marks_what_the_model_did_not_see(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert ("preprocessing: preset imagenet-crop + --resize-short 36: RGB, resize short side to 36, centre crop "
             "32x32") in result.output
-    assert "labels: none (class indices only; pass --labels FILE to name them)" in result.output
+    assert "labels: none (class indices only; pass --class-names FILE to name them)" in result.output
     record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert record["seen"] == [26.7, 2.7, 69.3, 45.3]
     assert record["preprocessing"].startswith("RGB, resize short side to 36, centre crop 32x32")
@@ -252,8 +252,8 @@ def test_a_centre_cropped_run_marks_what_the_model_did_not_see(tmp_path: Path) -
     assert manifest["preprocessing"]["resize"] == "short" and manifest["preprocessing"]["short_side"] == 36
     assert manifest["preprocessing_source"] == "preset imagenet-crop + --resize-short 36"
     report = (out / "report.html").read_text()
-    assert "preprocessing: preset imagenet-crop + --resize-short 36: RGB, resize short side to 36" in report
-    assert "labels: none" in report
+    assert "preset imagenet-crop + --resize-short 36: RGB, resize short side to 36" in report
+    assert "none" in report and "class names" in report
     # --resume refuses another preprocessing and says which
     again = runner.invoke(cli.app, ["explain", str(model_path), str(image), "--out", str(out), "--device", "cpu",
                                     "--resume"])
@@ -271,7 +271,7 @@ def test_records_and_report_state_the_layers_module(tmp_path: Path) -> None:
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["layer_modules"] == ["layer4"] and manifest["labels_source"].startswith("none")
     report = (out / "report.html").read_text()
-    assert "layer module: layer4" in report and "preprocessing: preset imagenet-crop: RGB" in report
+    assert "(module layer4)" in report and "preset imagenet-crop: RGB" in report
 
 
 def test_evaluate_states_and_applies_the_preprocessing(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -11,14 +11,15 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 from onnxcam.errors import InputError
@@ -56,6 +57,18 @@ def pairs(values: list[str], option: str) -> dict[str, str]:
             raise InputError(f"{option} takes NAME=VALUE, got '{item}'")
         out[key.strip()] = value.strip()
     return out
+
+
+def alias(new: Any, old: Any, new_flag: str, old_flag: str, command: str) -> Any:
+    """The value of `new_flag`, or of its deprecated alias `old_flag` with a warning on stderr (both given and
+    different: a usage error)."""
+    if old is None:
+        return new
+    if new is not None and new != old:
+        raise InputError(f"{old_flag} is the old name of {new_flag}: give one of them")
+    err_console.print(f"warning: '{command} {old_flag}' is deprecated; use {new_flag} (the same value)",
+                      style="yellow", markup=False, highlight=False)
+    return old
 
 
 def option_value(text: str) -> Any:
@@ -107,19 +120,55 @@ def size(text: str | None, option: str = "--size") -> list[int] | None:
     return values
 
 
-def explain_progress() -> tuple[Progress, Callable[[int], None], Callable[[Any], None]]:
-    """The explain commands' progress bar (count, images/s, elapsed, ETA) with its on_start / on_image hooks;
-    it starts when the image count is known."""
-    progress = Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
-                        transient=False)
-    task_id = progress.add_task("explain", total=None)
+@dataclass
+class ExplainProgress:
+    """The explain commands' progress bar and the hooks onnxcam.jobs.explain.explain calls."""
 
-    def on_start(total: int) -> None:
-        progress.update(task_id, total=total)
-        progress.start()
+    bar: Progress
+    task: TaskID
+    done: int = 0       # images finished
+    total: int = 0      # images in the run
 
-    return progress, on_start, lambda _record: progress.advance(task_id)
+    def on_start(self, total: int) -> None:
+        self.total = total
+        self.bar.update(self.task, total=total)
+        self.bar.start()
+
+    def on_image(self, _record: Any) -> None:
+        self.done += 1
+
+    def advance(self, _record: Any = None) -> None:
+        """One image done, for jobs that report no finer progress (compare)."""
+        self.done += 1
+        self.bar.advance(self.task)
+
+    def on_progress(self, images: float) -> None:
+        """Images done as a float: moves during the inner loops of slow methods, not only per image."""
+        self.bar.update(self.task, completed=images)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def explain_progress() -> ExplainProgress:
+    """One bar over the run (images, with the share of the running batch done), images/s, elapsed and ETA; it
+    starts when the image count is known."""
+    bar = Progress(TextColumn("[bold]explaining"), BarColumn(), _CountColumn(), _RateColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=False)
+    return ExplainProgress(bar, bar.add_task("explain", total=None))
+
+
+def method_times(summary: Any) -> Table | None:
+    """Compute time per method (the sum of the records' measured shares), for the end of a run."""
+    if not summary.method_seconds:
+        return None
+    table = Table(title="time per method")
+    for column, justify in (("method", "left"), ("compute", "right"), ("per image", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    images = max(1, summary.done)
+    for method, seconds in summary.method_seconds.items():
+        table.add_row(Text(method), f"{seconds:.2f} s", f"{1000 * seconds / images:.1f} ms")
+    return table
 
 
 def quiet_opencv() -> None:
@@ -130,6 +179,13 @@ def quiet_opencv() -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except AttributeError:
         pass
+
+
+class _CountColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        # whole images done of the total; the bar itself shows the fraction of the running batch
+        total = "?" if task.total is None else f"{task.total:.0f}"
+        return Text(f"{int(task.completed)}/{total}", style="progress.download")
 
 
 class _RateColumn(ProgressColumn):

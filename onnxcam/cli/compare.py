@@ -52,7 +52,7 @@ def compare(
     from onnxcam.jobs.compare import compare as run_compare
 
     quiet_opencv()
-    progress, on_start, on_image = explain_progress()
+    progress = explain_progress()
     try:
         options = method_options([method], option).get(method, {})
         layers_a, layers_b = split(layer_a), split(layer_b)
@@ -61,7 +61,7 @@ def compare(
                 model_a, model_b, images, out, method=method, layer_a=_one_or_many(layers_a),
                 layer_b=_one_or_many(layers_b), target=target, threshold=threshold, fail_under=fail_under,
                 same_classes=same_classes, batch_size=batch_size, device=device, method_options=options,
-                keep_records=False, on_start=on_start, on_image=on_image, on_note=_note)
+                keep_records=False, on_start=progress.on_start, on_image=progress.advance, on_note=_note)
         finally:
             progress.stop()
     except KeyboardInterrupt:

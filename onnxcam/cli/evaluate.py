@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from onnxcam.cli.common import console, err_console, fail, floats, option_value, pairs, quiet_opencv, split
+from onnxcam.cli.common import alias, console, err_console, fail, floats, option_value, pairs, quiet_opencv, split
 from onnxcam.cli.common import size as size_option
 from onnxcam.errors import InputError, OnnxcamError
 
@@ -36,8 +36,11 @@ def evaluate(
                                                 "deletion, insertion, road_morf, road_lerf (road), pointing_game "
                                                 "(pg), energy_pointing_game (epg), faithfulness, "
                                                 "insertion_deletion, localisation.")] = None,
-    labels: Annotated[Path | None, typer.Option(help="CSV 'file,class' (class index or label name; one row per "
-                                                "object). Default: labels.csv in DATA or beside it.")] = None,
+    ground_truth: Annotated[Path | None, typer.Option("--ground-truth", help="CSV 'file,class' (class index or "
+                                                      "class name; one row per object). Default: labels.csv in "
+                                                      "DATA or beside it.")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", hidden=True, help="Deprecated: --ground-truth.")
+                      ] = None,
     masks: Annotated[Path | None, typer.Option(help="Folder of masks '<stem>.png', non-zero on the object "
                                                "(class index + 1 per object). Default: masks/ in or beside DATA.")
                      ] = None,
@@ -96,6 +99,7 @@ def evaluate(
         progress.start()
 
     try:
+        truth = alias(ground_truth, labels, "--ground-truth", "--labels", "evaluate")
         method_list = split(methods)
         limits = {k: _count(v, "--method-limit") for k, v in pairs(method_limit, "--method-limit").items()}
         metric_limits = {k: _count(v, "--metric-limit") for k, v in pairs(metric_limit, "--metric-limit").items()}
@@ -103,7 +107,7 @@ def evaluate(
         percentages = floats(road_percentages, "--road-percentages") or []
         try:
             result = run_evaluation(
-                model, data, method_list, out=out, metrics=metrics, labels=labels, masks=masks, layer=layer,
+                model, data, method_list, out=out, metrics=metrics, labels=truth, masks=masks, layer=layer,
                 limit=limit, limits=limits, metric_limits=metric_limits, batch_size=batch_size, activation=activation,
                 steps=steps,
                 road_percentages=percentages, road_noise=road_noise, insertion_start=insertion_start,

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from onnxcam.cli.common import (
+    alias,
     console,
     err_console,
     explain_progress,
     fail,
     floats,
     method_options,
+    method_times,
     pairs,
     quiet_opencv,
     split,
@@ -73,9 +75,10 @@ def explain(
     extra_tokens: Annotated[int | None, typer.Option(min=0, help="Transformers: class/distillation/register "
                                                      "tokens before the patch tokens (default: inferred).")] = None,
     bgr: Annotated[bool | None, typer.Option("--bgr/--rgb", help="Channel order fed to the model.")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Class names: text (one per line), JSON list/dict or CSV "
-                                                "'index,name' (default: the model's metadata, else ImageNet-1k "
-                                                "names for 1000 classes).")] = None,
+    class_names: Annotated[Path | None, typer.Option("--class-names", help="Class names: text (one per line), JSON "
+                                                     "list/dict or CSV 'index,name' (default: the model's metadata, "
+                                                     "else ImageNet-1k names for 1000 classes).")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", hidden=True, help="Deprecated: --class-names.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or tensorrt.")] = "auto",
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Overlay opacity of the heat map.")] = 0.5,
     colormap: Annotated[str, typer.Option(help="jet, turbo, inferno, viridis, magma or hot.")] = "jet",
@@ -115,19 +118,10 @@ def explain(
     quiet_opencv()
     methods = split(method)
     layers = split(layer)
-    progress, on_start, on_image = explain_progress()
-    done = [0, 0]  # images finished, images in the run
-
-    def counted_start(total: int) -> None:
-        done[1] = total
-        on_start(total)
-
-    def counted_image(record: dict[str, Any]) -> None:
-        done[0] += 1
-        on_image(record)
-
+    progress = explain_progress()
     start = time.perf_counter()
     try:
+        names = alias(class_names, labels, "--class-names", "--labels", "explain")
         options = fit_options(model, methods, fit) or {}  # a wrong or missing fit file: usage error
         for name, chosen in method_options(methods, option).items():
             options[name] = {**options.get(name, {}), **chosen}
@@ -137,16 +131,17 @@ def explain(
                 target=target, top_k=top_k, task=task, mask=mask, box=box, threshold=threshold,
                 max_detections=max_detections, reference=reference, batch_size=batch_size, preset=preset,
                 mean=floats(mean, "--mean"), std=floats(std, "--std"), size=size_option(size), bgr=bgr, scale=scale,
-                grid=parse_grid(grid) if grid else None, extra_tokens=extra_tokens, labels=labels, device=device,
-                alpha=alpha, colormap=colormap, resume=resume, on_start=counted_start, on_image=counted_image,
-                on_note=_note, engine=engine, address=address, workers=workers, method_options=options,
+                grid=parse_grid(grid) if grid else None, extra_tokens=extra_tokens, labels=names, device=device,
+                alpha=alpha, colormap=colormap, resume=resume, on_start=progress.on_start,
+                on_image=progress.on_image, on_progress=progress.on_progress, on_note=_note, engine=engine,
+                address=address, workers=workers, method_options=options,
                 resize_short=resize_short, crop=size_option(crop, "--crop"), letterbox=letterbox,
                 interpolation=interpolation, pad_value=pad_value, model_inputs=pairs(model_input, "--input"),
                 on_info=_info)
         finally:
             progress.stop()
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: {done[0]} of {done[1] or '?'} images done; continue with: "
+        typer.echo(f"interrupted: {progress.done} of {progress.total or '?'} images done; continue with: "
                    f"{_resume_command()}", err=True)
         raise typer.Exit(130) from None
     except (OnnxcamError, OSError) as e:
@@ -157,6 +152,9 @@ def explain(
         table.add_column(column, justify="right")
     table.add_row(str(summary.done), str(summary.failed), str(summary.skipped), f"{time.perf_counter() - start:.1f} s")
     console.print(table)
+    times = method_times(summary)
+    if times is not None and len(summary.method_seconds) > 1:
+        console.print(times)
     failures = [r for r in summary.records if r["status"] == "failed"]
     for rec in failures[:10]:
         console.print(Text(printable(f"failed: {rec['image']}: {rec['error']}"), style="red"))

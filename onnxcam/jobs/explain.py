@@ -10,11 +10,13 @@ OUT/report.html shows them all. A bad image is recorded as failed and the batch 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -38,6 +40,7 @@ from onnxcam.jobs.records import (
     FAILURE_LIMIT,
     MANIFEST,
     PARTIAL,
+    REPORT,
     REPORT_LIMIT,
     RESULTS,
     Record,
@@ -47,11 +50,13 @@ from onnxcam.jobs.records import (
     dumps,
     failed_record,
     previous_records,
+    read_manifest,
 )
 from onnxcam.jobs.worker import RunSpec, Worker
 from onnxcam.labels import find_labels, metadata_problems, resolve_target
 from onnxcam.methods import get_method
-from onnxcam.render import npy_complete, read_rgb, report_html, thumbnail_data_uri
+from onnxcam.render import npy_complete
+from onnxcam.report import RECORD_LIMIT, header_from_manifest, read_records, render_report
 from onnxcam.targets import TASKS, TargetPlan
 
 __all__ = ["RESULTS", "REPORT_LIMIT", "Summary", "collect_inputs", "explain", "explain_images", "write_report"]
@@ -80,7 +85,8 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
             resize_short: int | None = None, crop: int | Sequence[int] | None = None, letterbox: bool | None = None,
             interpolation: str | None = None, pad_value: float | None = None,
             model_inputs: Mapping[str, InputValue] | None = None,
-            on_info: Callable[[str], None] | None = None) -> Summary:
+            on_info: Callable[[str], None] | None = None,
+            on_progress: Callable[[float], None] | None = None) -> Summary:
     """Explain image files with `methods`; see the module docstring for what is written. Returns a Summary.
 
     task: classify / segment / detect / embed (None: the model's metadata, else its output's rank).
@@ -95,8 +101,10 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
     on_info gets the run's header lines once, before any image: the preprocessing and the labels' source.
     engine: "local" (this process; decoding, inference and writing overlap on threads) or "ray" (Ray Data actors,
     see onnxcam.jobs.ray; address: the cluster, None starts a local one; workers: actors).
-    on_image is called once per image in input order. Raises OnnxcamError for mistakes found before any image is
-    processed (model, layer, method, labels, target, options, a resume of another run, another run on OUT).
+    on_image is called once per image in input order; on_progress with the images done so far as a float that
+    also counts the share of the running batch done (it moves during slow methods' inner loops). Raises
+    OnnxcamError for mistakes found before any image is processed (model, layer, method, labels, target, options,
+    a resume of another run, another run on OUT).
     """
     start = time.perf_counter()
     if engine not in ("local", "ray"):
@@ -144,7 +152,9 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
         os.path.abspath(model)
     spec = RunSpec(source, {**_explainer_options(ex), "device": device}, spec_pre, methods, plan, str(folder.real),
                    options, found.names, alpha, colormap, batch_size, found.source)
-    manifest = _manifest(model, ex, spec, prepared.folded or None)
+    manifest = {**_manifest(model, ex, spec, prepared.folded or None), "label_source": found.source,
+                "preprocessing_text": spec_pre.line(),
+                "layer_modules": [ex.module_path(name) for name in ex.layer], "device": ex.providers[0]}
     summary = Summary(out=out_dir, total=len(items))
     with OutputLock(folder.real):
         if resume:
@@ -156,6 +166,9 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
         if on_start:
             on_start(len(items))
         worker = Worker(spec, ex) if engine == "local" else None
+        tracker = _Progress(on_progress)
+        if worker is not None:
+            worker.progress = tracker.batch
         partial = folder.path(PARTIAL)
         if partial.is_symlink():  # planted: never write through it
             partial.unlink()
@@ -169,6 +182,7 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
                         raise
                     _log_unrecorded(records, folder, summary, log)
                     raise DiskFull("no space left on device") from None
+                tracker.emitted(records[0].get("name"))
                 if on_image:
                     on_image(records[0])
                 if any(r["status"] == "failed" and "no space left on device" in (r.get("error") or "")
@@ -182,7 +196,8 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
                     remove_stale_temporaries(folder.real)  # all workers are done: any temporary is a killed one's
                 else:  # decoding, inference and writing overlap (jobs.pipeline); results come back in input order
                     run_ordered(units, read=lambda unit: (unit, worker.read([i for i, kept in unit if kept is None])),
-                                compute=lambda pair: (pair[0], worker.compute(pair[1])),
+                                compute=lambda pair: (pair[0], tracker.computed(worker.compute(
+                                    tracker.computing(pair[1])))),
                                 write=lambda pair: _merge(pair[0], worker.write(pair[1])),
                                 emit=lambda per_image: _each(per_image, emit),
                                 readers=READERS, writers=WRITERS)
@@ -191,13 +206,8 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
                                    "continue")
         os.replace(partial, folder.path(RESULTS))
         summary.seconds = time.perf_counter() - start
-        modules = [m for m in (ex.module_path(name) for name in ex.layer) if m]
-        meta = {"model": model_name(model), "task": task, "methods": ", ".join(methods), "layer": ", ".join(ex.layer),
-                **({"layer module": ", ".join(modules)} if modules else {}), "preprocessing": spec_pre.line(),
-                "labels": found.source, "images": len(items), "failed": summary.failed}
         try:
-            write_report(summary, title=f"onnxcam: {Path(model_name(model)).name}", meta=meta,
-                         made=worker.thumbnails if worker else None)
+            write_report(summary, title=f"onnxcam: {Path(model_name(model)).name}")
         except OSError as e:
             if summary.stopped is None:
                 raise
@@ -375,46 +385,82 @@ def _run_ray(units: Iterator[Unit], spec: RunSpec, emit: Callable[[list[Record]]
         raise cause from None
 
 
-# --- the report -----------------------------------------------------------------------------------------------------
-def write_report(summary: Summary, title: str, meta: dict[str, Any], limit: int = REPORT_LIMIT,
-                 made: dict[str, str] | None = None) -> None:
-    """report.html with every failure and the first `limit` explained records (thumbnails are ~10 KB each).
+@contextlib.contextmanager
+def _closing(log: IO[str], summary: Summary) -> Iterator[IO[str]]:
+    """The results log, closed at the end; on a full disk its last buffered lines may not fit, and the run has
+    already said that it stopped."""
+    try:
+        yield log
+    finally:
+        try:
+            log.close()
+        except OSError:
+            if summary.stopped is None:
+                raise
 
-    made: thumbnails already made while writing (overlay path -> data URI); the others are read back from disk,
-    from inside the output folder only.
-    """
+
+# --- progress ---------------------------------------------------------------------------------------------------
+class _Progress:
+    """Images done as a float for a progress bar: images emitted, plus images computed but not yet written, plus
+    the running batch's share (the worker reports it from inside slow methods' loops). Compute runs on the
+    calling thread and emit on writer threads, hence the lock; the value never goes down."""
+
+    def __init__(self, report: Callable[[float], None] | None) -> None:
+        self.report = report
+        self.lock = threading.Lock()
+        self.done = 0
+        self.waiting: set[str] = set()       # computed, not yet emitted (by input name)
+        self.running: list[str] = []         # the batch in compute
+        self.fraction = 0.0
+        self.last = 0.0
+
+    def computing(self, batch: Any) -> Any:
+        with self.lock:
+            self.running = [item.name for i, item in enumerate(batch.items) if i not in batch.failed]
+            self.fraction = 0.0
+        return batch
+
+    def batch(self, fraction: float) -> None:
+        with self.lock:
+            self.fraction = max(self.fraction, min(1.0, fraction))
+            self._send()
+
+    def computed(self, batch: Any) -> Any:
+        with self.lock:
+            self.waiting.update(self.running)
+            self.running, self.fraction = [], 0.0
+            self._send()
+        return batch
+
+    def emitted(self, name: Any) -> None:
+        with self.lock:
+            self.done += 1
+            self.waiting.discard(name)
+            self._send()
+
+    def _send(self) -> None:
+        value = max(self.last, self.done + len(self.waiting) + self.fraction * len(self.running))
+        if self.report is not None and value != self.last:
+            self.last = value
+            self.report(value)
+
+
+# --- the report -----------------------------------------------------------------------------------------------------
+def write_report(summary: Summary, title: str | None = None, meta: dict[str, Any] | None = None,
+                 limit: int = RECORD_LIMIT) -> None:
+    """OUT/report.html: the header from OUT/run.json and the summary (time per method, counts), the image
+    sections from OUT/results.jsonl (else summary.records): at most `limit` records, every failure up to
+    FAILURE_LIMIT. meta: extra header rows."""
     folder = OutputFolder(summary.out)
-    ok_seen, failed_seen, shown = 0, 0, []
-    for rec in summary.records:
-        if rec.get("status") != "failed":
-            ok_seen += 1
-            if ok_seen > limit:
-                continue
-        else:
-            failed_seen += 1
-            if failed_seen > FAILURE_LIMIT:
-                continue
-        shown.append(rec)
-    if summary.failed > FAILURE_LIMIT:
-        meta = {**meta, "failures shown": f"{FAILURE_LIMIT} of {summary.failed} (all in {RESULTS})"}
-    total = max(summary.total_records, len(summary.records))
-    if len(shown) < total:
-        meta = {**meta, "shown": f"{len(shown)} of {total} (all in {RESULTS})"}
+    header = header_from_manifest(read_manifest(folder.real), meta)
+    if title:
+        header.title = title
+    header.method_seconds = dict(summary.method_seconds)
     if summary.stopped:
-        meta = {**meta, "stopped": summary.stopped}
-    thumbs = {}
-    for i, rec in enumerate(shown):
-        paths = rec.get("paths") or {}
-        if rec.get("status") != "failed" and paths.get("overlay"):
-            if made and paths["overlay"] in made:
-                thumbs[i] = made[paths["overlay"]]
-                continue
-            try:
-                overlay_path = folder.path(str(paths["overlay"]))
-            except InputError:
-                continue
-            rgb = None if overlay_path.is_symlink() else read_rgb(overlay_path)
-            if rgb is not None:
-                thumbs[i] = thumbnail_data_uri(rgb)
-    page = report_html(shown, thumbs, title, meta)
-    write_bytes(folder.path("report.html"), page.encode("utf-8", errors="backslashreplace"))
+        header.notes.append(f"stopped: {summary.stopped}")
+    results = folder.real / RESULTS
+    records = read_records(results) if results.is_file() and not results.is_symlink() else summary.records
+    counts = {"images": summary.total or None, "done": summary.done, "failed": summary.failed,
+              "skipped": summary.skipped, "seconds": summary.seconds}
+    text = render_report(records, header, counts, limit, FAILURE_LIMIT)
+    write_bytes(folder.path(REPORT), text.encode("utf-8", errors="backslashreplace"))

@@ -53,7 +53,6 @@ class ExplainActor:
 
         _quiet_opencv()
         self.worker = Worker(spec)
-        self.worker.thumbnail_limit = 0  # the driver makes the report's thumbnails from the written overlays
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from onnxcam.files import InputFile

@@ -11,7 +11,9 @@ batch), so an image is never stacked more often than the batch allows.
 from __future__ import annotations
 
 import os
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +23,13 @@ from onnxcam.errors import GradientError, InputError, LayerError, ModelError, On
 from onnxcam.explainer import Explainer
 from onnxcam.files import InputFile, OutputFolder, is_disk_full, printable, write_bytes
 from onnxcam.images import ImageError, Preprocessing, box_to_image, geometry, map_to_image, preprocess, read_image
-from onnxcam.jobs.records import REPORT_LIMIT, Record, failed_record
-from onnxcam.render import draw_boxes, encode_png, npy_bytes, overlay, thumbnail_data_uri
+from onnxcam.jobs.records import Record, failed_record
+from onnxcam.render import draw_boxes, encode_png, npy_bytes, overlay, preview_jpeg
+from onnxcam.report import INPUT_PREVIEW_SIDE, PREVIEW_SIDE, input_preview_path, preview_path
 from onnxcam.runtime import GPU_PROVIDERS
 from onnxcam.targets import Target, TargetPlan
 
+PREVIEW_RESERVE = 16 << 20  # bytes of free disk below which report thumbnails are no longer written
 # Errors that are the same for every image (model, layer, gradient rules): they stop the run with their message.
 FATAL = (GradientError, LayerError, ModelError)
 
@@ -76,8 +80,9 @@ class Worker:
         self.ex = explainer or Explainer(spec.model, **spec.explainer)
         self.ex.preprocessing = spec.preprocessing
         self.out = OutputFolder(spec.out)
-        self.thumbnails: dict[str, str] = {}   # overlay path -> report thumbnail, made while writing
-        self.thumbnail_limit = REPORT_LIMIT    # 0 where no report is written from this process (Ray actors)
+        # progress(fraction of the batch in `compute` done, 0..1), called as each method call goes through its
+        # inner loops (set by the job for its progress bar)
+        self.progress: Callable[[float], None] | None = None
         self.layer_text = ", ".join(self.ex.layer)
         modules = [self.ex.module_path(name) for name in self.ex.layer]
         self.module_text = ", ".join(m for m in modules if m) or None
@@ -144,6 +149,7 @@ class Worker:
         spec, plan = self.spec, self.spec.plan
         maps: dict[tuple[str, int], np.ndarray] = {}
         seconds: dict[str, float] = {}
+        calls = len(spec.methods) * (plan.top_k or 1)  # explain calls in this batch: the progress bar's steps
         if plan.top_k is not None:
             scores = self.ex.scores(x)
             chosen = np.argsort(-scores, axis=1, kind="stable")[:, :plan.top_k]
@@ -151,7 +157,8 @@ class Worker:
             targets = None if plan.category is None else np.full(len(x), plan.category, np.int64)
             t0 = time.perf_counter()
             maps[(spec.methods[0], 0)], scores, explained = self.ex.explain_scored(
-                x, spec.methods[0], targets, **spec.method_options.get(spec.methods[0], {}))
+                x, spec.methods[0], targets, progress=self._step(0, calls),
+                **spec.method_options.get(spec.methods[0], {}))
             seconds[spec.methods[0]] = time.perf_counter() - t0
             chosen = explained[:, None]
         for method in spec.methods:
@@ -159,6 +166,7 @@ class Worker:
                 if (method, k) not in maps:
                     t0 = time.perf_counter()
                     maps[(method, k)] = self.ex.explain(x, method, chosen[:, k].astype(np.int64),
+                                                        progress=self._step(len(maps), calls),
                                                         **spec.method_options.get(method, {}))
                     seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
         probabilities = _softmax(scores)
@@ -206,17 +214,26 @@ class Worker:
             per_image.append([self._describe(t, outputs[row], x, items[row]) for t in found])
             pairs += [(row, k, t) for k, t in enumerate(found)]
         step = max(1, spec.batch_size)
-        for method in spec.methods:
+        calls = len(spec.methods) * -(-len(pairs) // step)
+        for m, method in enumerate(spec.methods):
             for first in range(0, len(pairs), step):
                 chunk = pairs[first:first + step]
                 t0 = time.perf_counter()
                 maps = self.ex.explain(x[[row for row, _, _ in chunk]], method, [t for _, _, t in chunk],
+                                       progress=self._step(m * -(-len(pairs) // step) + first // step, calls),
                                        **spec.method_options.get(method, {}))
                 share = (time.perf_counter() - t0) / len(chunk)
                 for (row, k, _), cam in zip(chunk, maps):
                     per_image[row][k].maps[method] = cam
                     per_image[row][k].seconds[method] = share
         return [entry if isinstance(entry, str) else (None, None, entry) for entry in per_image]
+
+    def _step(self, call: int, calls: int) -> Callable[[float], None] | None:
+        """The progress callback of explain call `call` of `calls` in the current batch."""
+        if self.progress is None:
+            return None
+        report = self.progress
+        return lambda fraction: report((call + fraction) / max(1, calls))
 
     def _describe(self, target: Target, output: np.ndarray, x: np.ndarray, item: InputFile) -> Explained:
         box = None if target.box is None else [float(v) for v in target.box]
@@ -269,8 +286,7 @@ class Worker:
                     picture = draw_boxes(picture, [box], [f"{caption} {e.value:.2f}"])
                 write_bytes(self.out.path(npy), npy_bytes(cam))
                 write_bytes(self.out.path(png), encode_png(picture))
-                if len(self.thumbnails) < self.thumbnail_limit:  # made in the overlapped writer, not read back later
-                    self.thumbnails[png] = thumbnail_data_uri(picture)
+                self._preview(preview_path(png), picture, PREVIEW_SIDE)
                 records.append({
                     "image": os.fsdecode(item.path), "name": item.name, "status": "ok", "error": None,
                     "task": spec.plan.task, "predicted": predicted, "predicted_label": _label(labels, predicted),
@@ -281,7 +297,18 @@ class Worker:
                     "paths": {"overlay": png, "map": npy},
                     "flat": bool(np.ptp(cam) == 0),
                     "seconds": round(e.seconds.get(method, 0.0) + time.perf_counter() - t1, 4)})
+        self._preview(input_preview_path(item.name), rgb, INPUT_PREVIEW_SIDE)
         return records
+
+    def _preview(self, path: str, rgb: np.ndarray, side: int) -> None:
+        """A report thumbnail, written after the outputs it shows and only while the disk has room to spare (the
+        last megabytes go to maps and results.jsonl); a missing one costs only the thumbnail: the report falls
+        back to the overlay itself."""
+        try:
+            if shutil.disk_usage(self.out.real).free > PREVIEW_RESERVE:
+                write_bytes(self.out.path(path), preview_jpeg(rgb, side))
+        except OSError:
+            pass
 
     def _failed(self, item: InputFile, error: str, seconds: float = 0.0) -> Record:
         return failed_record(os.fsdecode(item.path), item.name, error, self.spec.methods, self.layer_text, seconds)

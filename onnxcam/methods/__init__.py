@@ -66,6 +66,14 @@ class Evidence:
     input_gradients_of: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
     # tensors_of(names) -> {name: value} of any tensors (graph outputs or internal) for x, in their own layout
     tensors_of: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None
+    # Set by the caller, not built from `needs`: progress(fraction of this method call done, 0..1). Methods with
+    # long inner loops (masked batches, channel chunks, iterations) report through `done` so a bar can move.
+    progress: Callable[[float], None] | None = None
+
+    def done(self, fraction: float) -> None:
+        """Tell the progress callback (if any) that `fraction` of this method call is done."""
+        if self.progress is not None:
+            self.progress(min(1.0, max(0.0, float(fraction))))
 
     def target_scores(self, outputs: np.ndarray, image: int) -> np.ndarray:
         """(B,) the value of image `image`'s target on a batch of outputs (B, ...) (e.g. of masked inputs):

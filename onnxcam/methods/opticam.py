@@ -179,6 +179,7 @@ def optimise(problem: MaskProblem, iterations: int, lr: float, start: float, ear
         second[active] = beta2 * second[active] + (1 - beta2) * grad * grad
         step_size = lr / (1 - beta1 ** t)
         u[active] -= step_size * first[active] / (np.sqrt(second[active] / (1 - beta2 ** t)) + ADAM_EPS)
+        problem.ev.done(t / iterations)
     return u
 
 

@@ -108,6 +108,7 @@ def _score_weights(ev: Evidence, masks_of: Callable[[int, np.ndarray, int], np.n
             for start in range(0, len(run), batch):
                 ks = run[start:start + batch]
                 scorer.add(masks_of(i, chosen[ks], sample), ks)
+                ev.done((i + (sample * len(run) + start + len(ks)) / (samples * max(1, len(run)))) / len(ev.targets))
         mean = scorer.totals(len(chosen))[owner] / samples
         weights[i, chosen] = mean if weighting == "probability" else _softmax(mean)
     return weights
@@ -191,6 +192,7 @@ def ablationcam(ev: Evidence, batch_size: int | None = None, channels: int | Non
             keep[np.arange(len(ks)), ks] = 0
             scores = ablate(i, keep[:, :, 0, 0]) if ablate else ev.head_scores(acts[i][None], i, keep)
             ablated[start:start + len(ks)] = ev.target_scores(scores, i)
+            ev.done((i + (start + len(ks)) / len(chosen)) / len(ev.targets))
         weights[i, chosen] = (original - ablated) / (original if original != 0 else 1.0)
     return weights
 
@@ -219,6 +221,7 @@ def reciprocam(ev: Evidence, mode: str = "gaussian", batch_size: int | None = No
             # a class's softmax probability (the paper's); other targets (segmentation, ...) use their value
             maps[i, positions] = _softmax(scores)[:, target] if ev.target_objects is None else \
                 ev.target_scores(scores, i)
+            ev.done((i + (positions[-1] + 1) / (h * w)) / n)
     return maps.reshape(n, h, w)
 
 
