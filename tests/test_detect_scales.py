@@ -451,3 +451,25 @@ def test_nms_inside_the_graph(tmp_path: Path) -> None:
     assert ex.notes and "NonMaxSuppression" in ex.notes[0]
     scales = detection_scales(ex.model, ex.output)
     assert [(s.start, s.stop) for s in scales] == [(0, 256), (256, 320), (320, 336)]
+
+
+def test_explain_an_ultralytics_export_with_no_flags(tmp_path: Path) -> None:
+    """The committed YOLOv8n (static batch 1, metadata as Ultralytics writes it): letterbox and class names from
+    the metadata, the three scales as layers, every detection's map non-zero and its box inside the photo."""
+    import json
+
+    from onnxcam.jobs.explain import explain
+
+    model = Path(__file__).resolve().parent.parent / "models" / "ultralytics" / "yolov8n.onnx"
+    images = Path(__file__).resolve().parent.parent / "examples" / "images"
+    out = tmp_path / "out"
+    summary = explain(model, [images], out, threshold=0.0, max_detections=2, batch_size=3, device="cpu")
+    assert summary.failed == 0 and summary.done == len(list(images.glob("*.png")))
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    manifest = json.loads((out / "run.json").read_text())
+    assert len(manifest["layers"]) == 3 and manifest["preprocessing"].get("resize") == "letterbox"
+    names = {r["label"] for r in records}
+    assert names and None not in names  # the metadata's names
+    for record in records:
+        assert np.load(out / record["paths"]["map"]).max() > 0
+        assert len(record["box"]) == 4

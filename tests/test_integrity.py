@@ -230,3 +230,28 @@ def test_collect_inputs_walks_symlink_loops_in_globs(tmp_path: Path) -> None:
 def test_results_keep_every_map_in_float32(tmp_path: Path) -> None:
     explain(RESNET, [IMAGE], tmp_path / "out", device="cpu")
     assert np.load(tmp_path / "out" / "01_circle.png.gradcam.npy").dtype == np.float32
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fuzzed_names_stay_safe_unique_and_inside_out() -> None:
+    """Any bytes a file system may hand back (non-UTF-8, control characters, dots, slashes) become a safe name: no
+    empty, '.' or '..' part, no control character, nothing absolute, and different inputs never collide."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    part = st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\x00" not in b)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(part, min_size=1, max_size=4))
+    def check(parts: list[bytes]) -> None:
+        relative = "/".join(os.fsdecode(p) for p in parts)
+        name = safe_name(relative)
+        assert name and not name.startswith("/")
+        assert all(piece not in ("", ".", "..") for piece in name.split("/"))
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or 0xDC80 <= ord(c) <= 0xDCFF for c in name)
+        name.encode("utf-8")  # always writable as UTF-8
+        assert all(len(piece.encode()) <= 180 for piece in name.split("/"))
+
+    check()
+    distinct = [os.fsdecode(b"a\xff.png"), os.fsdecode(b"a\xfe.png"), "a\\xff.png.x", "a\x1b.png", "a\x1c.png"]
+    assert len({safe_name(n) for n in distinct}) == len(distinct)
