@@ -314,16 +314,21 @@ def _matmul_integer(rw: _Rewrite, node: onnx.NodeProto) -> bool:
     return True
 
 
-@handles("MatMulIntegerToFloat")
-def _matmul_integer_to_float(rw: _Rewrite, node: onnx.NodeProto) -> bool:
-    a, b, as_, bs, azp, bzp, bias = _args(node, 7, (0, 1, 2, 3))
-    left = rw.dequantized(a, as_, azp, -2 if rw.per_axis(as_) else None)
-    right = rw.dequantized(b, bs, bzp, -1 if rw.per_axis(bs) else None)
+def _float_matmul(rw: _Rewrite, node: onnx.NodeProto, left: str, right: str, bias: str | None) -> None:
+    """The float MatMul (plus bias) that an integer matmul with float output stands for."""
     if bias:
         product = rw.emit("MatMul", [left, right], hint=f"{node.output[0]}_product")
         _float_op(rw, node, "Add", [product, bias], None, None)
     else:
         _float_op(rw, node, "MatMul", [left, right], None, None)
+
+
+@handles("MatMulIntegerToFloat")
+def _matmul_integer_to_float(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+    a, b, as_, bs, azp, bzp, bias = _args(node, 7, (0, 1, 2, 3))
+    left = rw.dequantized(a, as_, azp, -2 if rw.per_axis(as_) else None)
+    right = rw.dequantized(b, bs, bzp, -1 if rw.per_axis(bs) else None)
+    _float_matmul(rw, node, left, right, bias)
     return True
 
 
@@ -337,11 +342,7 @@ def _dynamic_quantize_matmul(rw: _Rewrite, node: onnx.NodeProto) -> bool:
     rw.types.update({q: T.UINT8, scale: T.FLOAT, zero_point: T.UINT8})
     left = rw.dequantized(q, scale, zero_point)
     right = rw.dequantized(b, bs, bzp, -1 if rw.per_axis(bs) else None)
-    if bias:
-        product = rw.emit("MatMul", [left, right], hint=f"{node.output[0]}_product")
-        _float_op(rw, node, "Add", [product, bias], None, None)
-    else:
-        _float_op(rw, node, "MatMul", [left, right], None, None)
+    _float_matmul(rw, node, left, right, bias)
     return True
 
 
