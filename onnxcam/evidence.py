@@ -66,7 +66,13 @@ class ModelView:
         self.score, self.output = find_score(self.model, output, probabilities)
         self.output_option, self.probabilities = output, probabilities
         self.layers = [t.name for t in self.tensors if t.spatial and t.op_type]
-        self.default_layer = default_layer(self.model, self.score, self.tensors)
+        try:
+            self.default_layer = default_layer(self.model, self.score, self.tensors)
+        except LayerError:
+            if layer is None:
+                raise
+            # the user named the layer: no automatic choice needed (e.g. shapes hidden behind an If node)
+            self.default_layer = layer if isinstance(layer, str) else list(layer)[0]
         self.providers = choose_providers(device, providers)
         self.input_name = image_input(self.model)
         info = next(t for t in self.tensors if t.name == self.input_name)

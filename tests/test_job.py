@@ -134,3 +134,22 @@ def test_every_task_resumes_and_takes_method_options(tmp_path: Path, model: str,
     assert again.skipped > 0 and again.done + again.failed > 0
     for name, value in maps.items():
         np.testing.assert_allclose(np.load(out / name), value, atol=1e-6)
+
+
+def test_a_given_layer_is_used_when_no_default_can_be_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the graph hides every feature map's shape (an exporter's If, data-dependent reshapes) there is no
+    default layer: the message says to pass one, and passing one works instead of repeating the message."""
+    from toy_models import tiny_cnn
+
+    import onnxcam.evidence as evidence
+    from onnxcam import Explainer
+    from onnxcam.errors import LayerError
+
+    def no_default(*args: object, **kwargs: object) -> str:
+        raise LayerError("the model has no spatial feature map ...: pass --layer with a tensor name")
+
+    monkeypatch.setattr(evidence, "default_layer", no_default)
+    with pytest.raises(LayerError, match="pass --layer"):
+        Explainer(tiny_cnn(), device="cpu")
+    ex = Explainer(tiny_cnn(), layer="feat", device="cpu")
+    assert ex.layer == ["feat"] and ex.explain(np.ones((1, 3, 8, 8), np.float32), "gradcam").shape == (1, 8, 8)
