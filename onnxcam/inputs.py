@@ -86,6 +86,12 @@ def check_image_input(model: onnx.ModelProto, name: str) -> None:
     dtype, dims = input_signature(value) if tensor.elem_type else (None, [])
     looks = ("; it looks like a text model (token ids)" if dtype is not None and dtype.kind in "iu" and len(dims) <= 3
              else "")
+    if tensor.elem_type in IMAGE_TYPES and len(dims) == 3 and dims[0] in (1, 3):
+        # torchvision's Faster R-CNN / RetinaNet / Mask R-CNN exports: one unbatched image, resize, RoIAlign and NMS
+        # inside the graph, only post-NMS boxes out
+        looks = ("; it takes one unbatched image (C, H, W), as torchvision's detection exports (Faster R-CNN, "
+                 "RetinaNet) do: onnxcam does not explain those (their resize, RoIAlign and NMS run inside the "
+                 "graph); export the backbone and heads before post-processing, with a batch axis")
     raise ModelError(f"the model's input '{printable(name)}' is {_signature_text(value)}: onnxcam explains image "
                      "models, whose input is a batch of images, float or uint8, (N, C, H, W) or (N, H, W, C)"
                      f"{looks}")

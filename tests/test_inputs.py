@@ -180,3 +180,17 @@ def test_keras_exports_with_normalization_left_as_inputs_run_with_their_values(t
     # the export ends in Softmax: the record's score is the logit before it, its probability the output
     assert summary.records[0]["predicted"] == int(want[0].argmax())
     assert summary.records[0]["probability"] == pytest.approx(float(want[0].max()), rel=1e-4)
+
+
+def test_an_unbatched_image_input_is_refused_with_the_torchvision_detection_hint(tmp_path: Path) -> None:
+    """torchvision's Faster R-CNN / RetinaNet exports take one (C, H, W) image (checked on real exports made with
+    torch 2.14 / torchvision 0.29, 76-130 MB, not committed); a small graph of the same signature stands in."""
+    from onnxcam.inputs import check_image_input
+
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["images"], ["score"], keepdims=0)], "unbatched",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [3, 64, 64])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelError, match=r"one unbatched image \(C, H, W\).*Faster R-CNN.*before post-processing"):
+        check_image_input(model, "images")
+    onnx.checker.check_model(model)
