@@ -226,7 +226,7 @@ class ModelView:
                                                    lrp=lrp, initial=initial, identity=self.identity,
                                                    source=self.source)
             except GradientError as e:  # the graph knows no method names: the registry says which still work
-                free = sorted(m.name for m in METHODS.values() if m.run == "forward")
+                free = sorted(m.name for m in METHODS.values() if m.gradient_free)
                 raise GradientError(f"{e} ({', '.join(free)})") from None
         return self.sessions[key]
 

@@ -374,7 +374,11 @@ def ultralytics_layout(info: UltralyticsInfo, shape: Sequence[int], post_nms: bo
         raise InputError(f"a detection output per image must be 2-D (boxes x attributes), got {tuple(shape)}")
     extras = _ULTRALYTICS_EXTRAS[info.task]
     classes = len(info.names)
-    if post_nms or (post_nms is None and info.end2end):
+    # rows already selected (x0, y0, x1, y1, score, class [+ extras]): end-to-end heads, and RT-DETR exports whose
+    # metadata says end2end False although their decoder picks 300 queries
+    extra_count = {"": 0, "angle": 1, "keypoints": int(np.prod(info.kpt_shape or (0,)))}.get(extras, 0)
+    selected_rows = extras != "masks" and min(shape) == 6 + extra_count and 4 + classes + extra_count != min(shape)
+    if post_nms or (post_nms is None and (info.end2end or selected_rows)):
         return DetectionLayout(False, objectness=False, box="xyxy", post_nms=True, classes=classes, extras=extras)
     attributes = min(shape)
     wanted = 4 + classes + {"": 0, "angle": 1, "keypoints": int(np.prod(info.kpt_shape or (0,)))}.get(extras, 0)

@@ -93,3 +93,11 @@ def test_every_command_is_listed_whichever_way_the_cli_starts() -> None:
                               env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
         for name in ("explain", "inspect", "methods", "evaluate", "demo", "fit", "export", "cache", "compare"):
             assert f" {name} " in text, (command, name, text)
+
+
+def test_methods_called_gradient_free_need_no_gradient_rule() -> None:
+    from onnxcam.methods import METHODS
+
+    free = {m.name for m in METHODS.values() if m.gradient_free}
+    assert {"eigencam", "scorecam", "ablationcam", "reciprocam", "random"} <= free
+    assert not free & {"gradcam", "smoothgradcam++", "opticam", "fullgrad", "relevancecam"}

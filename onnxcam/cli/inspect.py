@@ -67,7 +67,7 @@ def describe_model(model_path: Path) -> dict[str, Any]:
     default = ex.default_layer
     layers = [{**describe(t.name), "op": t.op_type, "layout": t.layout, "default": t.name == default,
                "module": ex.module_path(t.name)} for t in ex.tensors if t.spatial and t.op_type]
-    gradient_free = sorted(m.name for m in METHODS.values() if m.run == "forward")
+    gradient_free = sorted(m.name for m in METHODS.values() if m.gradient_free)
     try:
         gradient_model(ex.model, [default])
         working, problem = sorted(METHODS), None

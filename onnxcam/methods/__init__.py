@@ -102,6 +102,11 @@ class Method:
         return next((RUN_FIELDS[f] for f in self.needs if f in RUN_FIELDS), "forward")
 
     @property
+    def gradient_free(self) -> bool:
+        """Whether it works without any gradient rule: no reverse run, and no callable that differentiates."""
+        return self.run == "forward" and not {"gradients_of", "input_gradients_of"} & set(self.needs)
+
+    @property
     def options(self) -> frozenset[str]:
         """The options it takes: its function's keyword arguments (and eigen_smooth's sign, for every method)."""
         return _parameters(self.fn) | {"eigen_sign"}
