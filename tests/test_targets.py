@@ -344,3 +344,16 @@ def test_cli_nms_model_says_what_it_explains(task_images: Path, tmp_path: Path) 
     said = " ".join(result.output.split())
     assert "NonMaxSuppression" in said and "raw predictions 'raw'" in said
     assert _records(tmp_path / "out")[0]["task"] == "detect"
+
+
+def test_rtdetr_selected_queries_are_read_as_rows() -> None:
+    """Ultralytics' RT-DETR export writes end2end False but outputs 300 selected queries (x0, y0, x1, y1, score,
+    class): the layout says so instead of expecting 4 + 80 class columns; a raw head of 4 + 80 columns stays raw."""
+    from onnxcam.targets import ultralytics_info, ultralytics_layout
+
+    names = "{" + ", ".join(f"{i}: 'c{i}'" for i in range(80)) + "}"
+    info = ultralytics_info({"task": "detect", "names": names, "end2end": "False", "imgsz": "[160, 160]",
+                             "stride": "32", "author": "Ultralytics"})
+    assert info is not None
+    assert ultralytics_layout(info, (300, 6)).post_nms
+    assert not ultralytics_layout(info, (84, 525)).post_nms
