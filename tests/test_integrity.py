@@ -194,7 +194,7 @@ def test_ctrl_c_says_how_many_are_done_and_how_to_resume(tmp_path: Path) -> None
 def test_a_full_disk_fails_the_images_it_could_not_write_and_resume_goes_on(tmp_path: Path) -> None:
     mount = tmp_path / "small"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], capture_output=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.decode(errors='replace').strip()})")
     try:
