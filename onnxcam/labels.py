@@ -23,7 +23,7 @@ import functools
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,17 +129,21 @@ def _parse_metadata(key: str, raw: str) -> list[str]:
     raise InputError(f"the model's metadata '{key}' is neither JSON, a Python list/dict nor one name per line")
 
 
-def metadata_labels(model: onnx.ModelProto, classes: int | None = None) -> tuple[list[str], str] | None:
-    """(names, metadata key) from the first key that reads as names (and has `classes` of them, when known)."""
+def _metadata_entries(model: onnx.ModelProto) -> Iterator[tuple[str, list[str] | InputError]]:
+    """(key, its names or why they cannot be read) for every label key the metadata fills, in METADATA_KEYS order."""
     meta = _metadata(model)
     for key in METADATA_KEYS:
-        if not meta.get(key, "").strip():
-            continue
-        try:
-            names = _parse_metadata(key, meta[key])
-        except InputError:
-            continue
-        if names and (classes is None or len(names) == classes):
+        if meta.get(key, "").strip():
+            try:
+                yield key, _parse_metadata(key, meta[key])
+            except InputError as e:
+                yield key, e
+
+
+def metadata_labels(model: onnx.ModelProto, classes: int | None = None) -> tuple[list[str], str] | None:
+    """(names, metadata key) from the first key that reads as names (and has `classes` of them, when known)."""
+    for key, names in _metadata_entries(model):
+        if isinstance(names, list) and names and (classes is None or len(names) == classes):
             return names, key
     return None
 
@@ -147,16 +151,10 @@ def metadata_labels(model: onnx.ModelProto, classes: int | None = None) -> tuple
 def metadata_problems(model: onnx.ModelProto, classes: int | None = None) -> list[str]:
     """One line per label metadata key that is there but cannot be used: said once, then the run goes on."""
     problems = []
-    meta = _metadata(model)
-    for key in METADATA_KEYS:
-        if not meta.get(key, "").strip():
-            continue
-        try:
-            names = _parse_metadata(key, meta[key])
-        except InputError as e:
-            problems.append(f"{e}; going on without it")
-            continue
-        if classes is not None and len(names) != classes:
+    for key, names in _metadata_entries(model):
+        if isinstance(names, InputError):
+            problems.append(f"{names}; going on without it")
+        elif classes is not None and len(names) != classes:
             problems.append(f"the model's metadata '{key}' has {len(names)} names but the model has {classes} "
                             "classes; going on without it")
     return problems
