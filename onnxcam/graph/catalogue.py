@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import onnx
 
 from onnxcam.errors import LayerError, ModelError
 from onnxcam.graph import tokens
+from onnxcam.graph.contract import TensorInfo
 from onnxcam.graph.dominators import dominator_chain, dominators
 from onnxcam.graph.load import FLOAT_TYPES
 from onnxcam.graph.topo import Shape, ancestors, elem_types, static_shapes
@@ -26,20 +25,6 @@ _NCHW_PRODUCERS = {
 # Ops after which the activation is a probability: scores are taken before them.
 NORMALISERS = {"Softmax", "LogSoftmax", "Sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    op_type: str      # producing op ("" for a graph input)
-    node: str         # producing node's name
-    shape: Shape | None
-    float: bool
-    layout: str | None  # "NCHW" or "NHWC" for spatial feature maps, else None
-
-    @property
-    def spatial(self) -> bool:
-        return self.layout is not None
 
 
 def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:

@@ -13,11 +13,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcam.graph.contract import SCALE
 from onnxcam.graph.quantized import constant_array
 from onnxcam.graph.reverse.model import check_tensors
 from onnxcam.graph.topo import ancestors, elem_types, static_shapes
-
-SCALE = "onnxcam_scale"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import ModelProto, helper, numpy_helper, shape_inference, version_converter
 
 from onnxcam.errors import ModelError
+from onnxcam.graph.contract import ModelSource
 from onnxcam.graph.quantized import dequantize_operators, infer_across_contrib_quantization
 
 # ScatterElements with reduction="add" (MaxPool's gradient) needs opset 16.
@@ -28,7 +29,6 @@ MAX_IR_VERSION = 10
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
-ModelSource = str | os.PathLike | bytes | ModelProto
 _log = logging.getLogger("onnxcam")
 
 

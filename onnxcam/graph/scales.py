@@ -15,11 +15,11 @@ input's length is that map's h x w cells times a whole number of anchors.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import onnx
 
 from onnxcam.graph.catalogue import TensorInfo, catalogue
+from onnxcam.graph.contract import Scale
 from onnxcam.graph.dominators import dominator_chain, dominators, value_ancestors
 from onnxcam.graph.load import at_input_size
 from onnxcam.graph.topo import Shape, ancestors
@@ -27,30 +27,6 @@ from onnxcam.graph.topo import static_shapes as _static_shapes
 
 # Ops that pick some rows of their input: after one of these, rows no longer map to the concatenated scales.
 _ROW_SELECTIONS = {"TopK", "NonMaxSuppression", "GatherElements", "GatherND"}
-
-
-@dataclass(frozen=True)
-class Scale:
-    """One feature map of a multi-scale head and the output rows it predicts."""
-    feature: str             # the tensor the scale's head reads (the neck's output at this stride)
-    shape: Shape             # its static shape
-    layout: str              # "NCHW" or "NHWC"
-    grid: tuple[int, int]    # (h, w) cells
-    stride: tuple[int, int]  # input pixels per cell, (vertical, horizontal)
-    start: int               # first output row of this scale
-    stop: int                # one past its last row
-    anchors: int             # rows per cell (YOLOv5: 3 anchors; anchor-free heads: 1)
-
-    @property
-    def rows(self) -> range:
-        return range(self.start, self.stop)
-
-    def cell(self, row: int) -> tuple[int, int, int]:
-        """(anchor, y, x) of an output row of this scale, rows ordered anchor-major as YOLO heads flatten them."""
-        index = row - self.start
-        cells = self.grid[0] * self.grid[1]
-        anchor, position = divmod(index, cells)
-        return anchor, position // self.grid[1], position % self.grid[1]
 
 
 def detection_scales(model: onnx.ModelProto, output: str, infos: list[TensorInfo] | None = None,

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import onnx
 
-Dim = int | str | None
-Shape = tuple[Dim, ...]
+from onnxcam.graph.contract import Dim as Dim
+from onnxcam.graph.contract import Shape
 
 
 def static_shapes(graph: onnx.GraphProto) -> dict[str, Shape]:

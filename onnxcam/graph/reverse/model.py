@@ -21,17 +21,15 @@ from onnx import helper
 from onnxcam.errors import InputError, LayerError
 from onnxcam.graph.builder import Builder, Shape
 from onnxcam.graph.catalogue import find_score
+from onnxcam.graph.contract import GRAD_PREFIX as GRAD_PREFIX
+from onnxcam.graph.contract import PREFIXES, SCORES, SEED
+from onnxcam.graph.contract import RELEVANCE_PREFIX as RELEVANCE_PREFIX
 from onnxcam.graph.load import default_opset
 from onnxcam.graph.precision import promote_to_float32, reverse_type
 from onnxcam.graph.reverse.relevance import LrpOptions, rule_table
 from onnxcam.graph.reverse.walker import backward
 from onnxcam.graph.topo import elem_types, static_shapes
 
-SEED = "onnxcam_seed"
-SCORES = "onnxcam_scores"
-GRAD_PREFIX = "onnxcam_grad:"
-RELEVANCE_PREFIX = "onnxcam_relevance:"
-PREFIXES = {"gradient": GRAD_PREFIX, "relevance": RELEVANCE_PREFIX}
 INITIAL_RELEVANCE = ("contrastive", "score", "seed")
 
 

@@ -20,43 +20,11 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxcam.errors import InputError
 from onnxcam.graph.builder import Builder
+from onnxcam.graph.contract import FIRST_LAYER_RULES as FIRST_LAYER_RULES
+from onnxcam.graph.contract import LINEAR_RULES as LINEAR_RULES
+from onnxcam.graph.contract import LrpOptions
 from onnxcam.graph.reverse.gradients import NON_DIFFERENTIABLE, RULES, Grads, Node, Rule, RuleFn
-
-LINEAR_RULES = ("z+", "alphabeta", "epsilon")
-FIRST_LAYER_RULES = ("zb", "same")
-
-
-@dataclass(frozen=True)
-class LrpOptions:
-    """How relevance crosses the layers with weights (Conv, Gemm, MatMul with a constant operand).
-
-    rule: "z+" (alpha=1, beta=0: only positive contributions; the official Relevance-CAM choice), "alphabeta"
-      (alpha * positive share - beta * negative share; alpha - beta = 1 conserves relevance) or "epsilon"
-      (R_x = x * W^T (R / (z + epsilon * sign(z))), signed contributions).
-    epsilon: stabiliser added to every denominator (z+ / alpha-beta: 1e-9 as in the official code).
-    bias: include the bias in the denominators (it then absorbs its share of relevance); the official code does not.
-    first_layer: "zb" applies the z^B (bounded input) rule at convolutions that read the image, with the image's
-      own minimum and maximum as bounds (the official code); "same" uses `rule` there too.
-    """
-
-    rule: str = "z+"
-    alpha: float = 1.0
-    beta: float = 0.0
-    epsilon: float = 1e-9
-    bias: bool = False
-    first_layer: str = "zb"
-
-    def __post_init__(self) -> None:
-        if self.rule not in LINEAR_RULES:
-            raise InputError(f"unknown relevance rule '{self.rule}'; use one of {', '.join(LINEAR_RULES)}")
-        if self.first_layer not in FIRST_LAYER_RULES:
-            raise InputError(f"unknown first_layer rule '{self.first_layer}'; use one of "
-                             f"{', '.join(FIRST_LAYER_RULES)}")
-        if self.epsilon < 0:
-            raise InputError(f"epsilon must be >= 0, got {self.epsilon}")
-
 
 LrpFn = Callable[[Builder, Node, list[str | None], LrpOptions], Grads]
 
