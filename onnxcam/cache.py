@@ -10,6 +10,7 @@ shares one copy of its tensors on disk:
         <variant>.onnx  a rewritten graph: its large tensors are external data in weights.bin
         <variant>.json  that graph's manifest (tensor name -> offset, length, dtype, dims); written last, so a
                         variant with a manifest is complete
+        facts-<code>.json  what onnxcam worked out about the model (onnxcam.facts), per version of its own code
         used            touched on every use: its mtime orders least-recently-used eviction
         .lock           serialises writers (processes and threads) of this folder
     $ONNXCAM_CACHE/tensorrt/   onnxruntime's TensorRT engines
@@ -427,7 +428,8 @@ def _entry(folder: Path, current: str, check_source: bool) -> CacheEntry:
             stale = "file:" + model_fingerprint(source) != record["identity"]
         except OSError:
             stale = True  # the source file is gone
-    variants = sum(1 for p in folder.glob("*.json") if p.name not in ("model.json", "blobs.json"))
+    variants = sum(1 for p in folder.glob("*.json") if p.name not in ("model.json", "blobs.json")
+                   and not p.name.startswith("facts-"))
     return CacheEntry(folder, source, _folder_size(folder), variants, _last_used(folder), stale)
 
 
@@ -493,6 +495,39 @@ def _touch(folder: Path) -> None:
         (folder / "used").touch()
 
 
+# --- facts ------------------------------------------------------------------------------------------------------
+def read_facts(identity: str) -> dict[str, Any]:
+    """The facts stored for the model (question -> JSON answer; see onnxcam.facts), {} when there are none."""
+    return _read_json(_facts_path(identity)) or {}
+
+
+def write_facts(identity: str, answers: dict[str, Any], source: object = None) -> None:
+    """Add `answers` to the model's stored facts (merged with what another process may have added since).
+    Raises OSError when the cache folder cannot be written."""
+    path = _facts_path(identity)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not (path.parent / "model.json").is_file():
+        _write_model_record(path.parent, identity, source)
+    with open(path.parent / ".lock", "a+b") as handle:  # the merge is a read-modify-write: one writer at a time
+        _lock_file(handle)
+        merged = {**(_read_json(path) or {}), **answers}
+        _write_atomic(path, json.dumps(merged, allow_nan=False).encode())
+    _touch(path.parent)
+
+
+def _facts_path(identity: str) -> Path:
+    return _model_folder(identity) / f"facts-{_code_digest()[:16]}.json"
+
+
+@functools.cache
+def _code_digest() -> str:
+    """A hash of all of onnxcam's code: facts are answers of that code (layouts, default layers, task guesses)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 # --- small helpers ----------------------------------------------------------------------------------------------
 def _write_model_record(folder: Path, identity: str, source: object, sha256: str | None = None) -> None:
     record: dict[str, Any] = {"identity": identity, "environment": environment_digest(), "created": time.time()}
@@ -525,6 +560,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def warn_unwritable(exc: OSError) -> None:
+    """Say once per process that the cache folder cannot be written (whatever part of it failed first)."""
+    if "unwritable" not in _warned:
+        _warned.add("unwritable")
+        warn_once(f"cannot write the cache folder {cache_dir()} ({exc.strerror or exc}); rewritten models and model "
+                  f"facts are kept in memory (set {CACHE_ENV} to a writable folder to keep them across runs)")
 
 
 def warn_once(message: str) -> None:

@@ -11,24 +11,27 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxcam.errors import GradientError, InputError, LayerError, OnnxcamError
-from onnxcam.graph.catalogue import catalogue, default_layer, find_score
-from onnxcam.graph.dense import nms_classes, prefer_pre_nms, selection_nodes, shared_head_input
-from onnxcam.graph.head import SCALE, biased_outputs, extract_head, linear_head_weights, pooled_channels
-from onnxcam.graph.load import ModelSource, load_model
-from onnxcam.graph.names import ModuleMap, enclosing_module, module_map, module_path, resolve_layer
-from onnxcam.graph.reverse.model import check_tensors, expose, image_input
-from onnxcam.graph.reverse.relevance import LrpOptions
-from onnxcam.graph.scales import Scale, detection_scales
-from onnxcam.graph.topo import static_shapes
-from onnxcam.images import Preprocessing, blank_input, model_labels, model_metadata, resolve_preprocessing
+from onnxcam.errors import GradientError, InputError, LayerError
+from onnxcam.facts import model_facts
+from onnxcam.graph.contract import (
+    INPUT_TYPES,
+    SCALE,
+    LrpOptions,
+    ModelSource,
+    ModelSummary,
+    Scale,
+    TensorInfo,
+    scales_from,
+    tensor_infos,
+)
+from onnxcam.images import Preprocessing, blank_input, model_labels, resolve_preprocessing
 from onnxcam.methods import METHODS, Evidence, Method
 from onnxcam.runners import ReverseResult, ReverseRunner, Targets, check_input, target_ids
-from onnxcam.runtime import Session, cached_session, choose_providers, model_identity, model_sha256
+from onnxcam.runtime import Session, cached_session, choose_providers, model_sha256
 from onnxcam.targets import (
     ClassifierOutputTarget,
     DetectionLayout,
@@ -43,13 +46,20 @@ from onnxcam.targets import (
 )
 from onnxcam.tokens import TOKEN_LAYOUTS, TokenOptions, TokenView, check_batch, runtime_layout, token_view
 
+if TYPE_CHECKING:
+    import onnx
+
 # relevancecam's options that shape the relevance model rather than the method's arithmetic
 LRP_OPTIONS = ("rule", "alpha", "beta", "epsilon", "bias", "first_layer", "initial")
 
 
 class ModelView:
-    """A loaded model with what every explanation needs: input, score, task, candidate layers, layouts, and its
-    onnxruntime sessions (one per need, kept for the object's life; `close` releases them)."""
+    """A model with what every explanation needs: input, score, task, candidate layers, layouts, and its
+    onnxruntime sessions (one per need, kept for the object's life; `close` releases them).
+
+    What it knows comes from the model's facts (onnxcam.facts): worked out from the parsed model once, then read
+    from the cache, so a warm start parses nothing. `model` is parsed on first use only.
+    """
 
     def __init__(self, model: ModelSource, layer: str | Sequence[str] | None = None,
                  providers: Sequence[str] | None = None, device: str = "auto", output: str | None = None,
@@ -58,56 +68,96 @@ class ModelView:
         self.token_options = TokenOptions(grid, extra_tokens, extra_tokens_at)
         self.token_views: dict[str, TokenView] = {}
         self.source = model if isinstance(model, (str, os.PathLike)) else None
-        self.identity = model_identity(model)  # finds rewritten models in the cache (cheap for a file)
-        self.model = load_model(model)
-        # a detector with NMS inside: explain the raw predictions before it (notes say so)
-        self.model, output, self.notes = prefer_pre_nms(self.model, output)
-        self.tensors = catalogue(self.model)
-        self.score, self.output = find_score(self.model, output, probabilities)
+        self.facts = model_facts(model)  # finds the model's facts and rewritten models in the cache
+        self.identity = self.facts.identity
         self.output_option, self.probabilities = output, probabilities
+        self._model: onnx.ModelProto | None = None
+        self._scope = f"view {output!r} {probabilities}"  # the questions' scope: a chosen output changes answers
+        known = self.ask("survey", lambda: self._survey(output, probabilities))
+        self.notes: list[str] = known["notes"]
+        self.tensors: list[TensorInfo] = tensor_infos(known)
+        self.score, self.output = known["score"], known["output"]
         self.layers = [t.name for t in self.tensors if t.spatial and t.op_type]
-        try:
-            self.default_layer = default_layer(self.model, self.score, self.tensors)
-        except LayerError:
-            if layer is None:
-                raise
-            # the user named the layer: no automatic choice needed (e.g. shapes hidden behind an If node)
-            self.default_layer = layer if isinstance(layer, str) else list(layer)[0]
+        if known["default_layer"] is None and layer is None:
+            raise LayerError(known["default_layer_problem"])
+        # the user named the layer: no automatic choice needed (e.g. shapes hidden behind an If node)
+        self.default_layer = known["default_layer"] or (layer if isinstance(layer, str) else list(layer or [""])[0])
         self.providers = choose_providers(device, providers)
-        self.input_name = image_input(self.model)
+        self.input_name: str = known["input_name"]
         info = next(t for t in self.tensors if t.name == self.input_name)
         self.input_shape = info.shape
         self.input_layout = info.layout or "NCHW"
+        self.input_type = INPUT_TYPES.get(known["input_elem_type"], "tensor(float)")
+        self.output_shape = None if known["output_shape"] is None else tuple(known["output_shape"])
+        self._known = known
+        self.graph_outputs: list[str] = known["graph_outputs"]
         self.layouts = {t.name: t.layout for t in self.tensors}
         self.scales: list[Scale] = []
         if self.task == "detect":  # a multi-scale head: its per-scale feature maps, one combined map
             self.scales = self._detection_scales()
         if self.task in ("segment", "detect"):  # the last spatial map is the class head itself: take the input
             # that every head (every scale of a multi-scale detector) depends on
-            self.default_layer = shared_head_input(self.model, self.score, self.tensors) or self.default_layer
+            self.default_layer = self.ask("head input", self._shared_head_input) or self.default_layer
         self.default_layers = [s.feature for s in self.scales] or [self.default_layer]
         self.layer = self.resolve_layers(layer) or self.default_layers
         self.sessions: dict[Any, Any] = {}
         self._preprocessing: Preprocessing | None = None
-        value = next(i for i in self.model.graph.input if i.name == self.input_name)
-        self.input_type = {1: "tensor(float)", 11: "tensor(double)", 10: "tensor(float16)", 2: "tensor(uint8)"}.get(
-            value.type.tensor_type.elem_type, "tensor(float)")
 
-    # --- facts ----------------------------------------------------------------------------------------------------
+    # --- the parsed model and its facts ---------------------------------------------------------------------------
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The loaded, normalised model (with a detector's raw predictions before NMS exposed), parsed on first
+        use: a warm run needs none of it."""
+        if self._model is None:
+            from onnxcam.graph.dense import prefer_pre_nms
+
+            self._model, _, _ = prefer_pre_nms(self.facts.model, self.output_option)
+        return self._model
+
+    def ask(self, question: str, compute: Callable[[], Any]) -> Any:
+        """The model's stored answer to `question` (asked of this view's model), else `compute()`, stored."""
+        return self.facts.ask(f"{self._scope}: {question}", compute)
+
+    def _survey(self, output: str | None, probabilities: bool) -> dict[str, Any]:
+        from onnxcam.graph.dense import prefer_pre_nms
+        from onnxcam.graph.survey import survey
+
+        self._model, chosen, notes = prefer_pre_nms(self.facts.model, output)
+        return {**survey(self._model, chosen, probabilities), "notes": notes}
+
+    @property
+    def summary(self) -> ModelSummary:
+        """The model's metadata, data inputs, outputs and op types."""
+        return self.facts.summary
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.summary.metadata)
+
+    def _shared_head_input(self) -> str | None:
+        from onnxcam.graph.dense import shared_head_input
+
+        return shared_head_input(self.model, self.score, self.tensors)
+
     def _detection_scales(self) -> list[Scale]:
         """The per-scale features of a detector whose rows come from several feature maps (YOLO's three strides),
         each map made on its own and averaged (so a detection from any scale gets its own map); [] otherwise."""
         shape = self.input_shape or ()
-        meta = ultralytics_info(model_metadata(self.model))
+        meta = ultralytics_info(self.metadata)
         hw: tuple[int, int] | None = None
         if not all(isinstance(d, int) for d in shape[1:]) and meta is not None and meta.imgsz:
             hw = meta.imgsz  # a dynamic export: its training size
-        selected = meta is not None and meta.end2end or any(n.op_type in ("NonMaxSuppression", "TopK")
-                                                            for n in self.model.graph.node)
-        try:
-            return detection_scales(self.model, self.output, self.tensors, hw, selected=bool(selected))
-        except OnnxcamError:
-            return []
+        selected = meta is not None and meta.end2end or bool(self.summary.ops & {"NonMaxSuppression", "TopK"})
+
+        def compute() -> list[dict[str, Any]]:
+            from onnxcam.errors import OnnxcamError
+            from onnxcam.graph.survey import scales
+
+            try:
+                return scales(self.model, self.output, self.tensors, hw, bool(selected))
+            except OnnxcamError:
+                return []
+        return scales_from(self.ask(f"scales {hw} {bool(selected)}", compute))
 
     def resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
         """Tensor names for what the user named: tensors, or PyTorch module paths the exporter recorded
@@ -115,6 +165,15 @@ class ModelView:
         if layer is None:
             return []
         names = [layer] if isinstance(layer, str) else list(layer)
+        known = {t.name for t in self.tensors}
+        if all(name in known for name in names):
+            return names
+        return list(self.ask(f"layers {names!r}", lambda: self._resolve(names)))
+
+    def _resolve(self, names: list[str]) -> list[str]:
+        from onnxcam.graph.names import resolve_layer
+        from onnxcam.graph.reverse.model import check_tensors
+
         resolved = []
         for name in names:
             try:
@@ -130,18 +189,25 @@ class ModelView:
         return resolved
 
     @functools.cached_property
-    def modules(self) -> ModuleMap:
-        """The PyTorch module paths the exporter recorded (empty for other exporters)."""
+    def modules(self) -> Any:
+        """The PyTorch module paths the exporter recorded (an onnxcam.graph.names.ModuleMap; empty for other
+        exporters)."""
+        from onnxcam.graph.names import module_map
+
         return module_map(self.model)
 
     def module_path(self, tensor: str) -> str | None:
         """The module whose output `tensor` is ("layer4.1"), else the innermost module computing it, else None."""
-        return module_path(self.model, tensor, self.modules) or enclosing_module(self.model, tensor, self.modules)
+        def compute() -> str | None:
+            from onnxcam.graph.names import enclosing_module, module_path
+
+            return module_path(self.model, tensor, self.modules) or enclosing_module(self.model, tensor, self.modules)
+        return self.ask(f"module {tensor}", compute)
 
     @functools.cached_property
     def task(self) -> str | None:
         """classify / segment / detect / embed: the model's "task" metadata, else guessed from the output's rank."""
-        return guess_task(static_shapes(self.model.graph).get(self.output), model_metadata(self.model))
+        return guess_task(self.output_shape, self.metadata)
 
     @functools.cached_property
     def model_id(self) -> str:
@@ -151,8 +217,12 @@ class ModelView:
     @functools.cached_property
     def classes(self) -> int | None:
         """The class count of an (N, classes) score output, else None."""
-        shape = static_shapes(self.model.graph).get(self.output)
+        shape = self.output_shape
         return shape[1] if shape is not None and len(shape) == 2 and isinstance(shape[1], int) else None
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self._known["quantized"])
 
     @property
     def batch_limit(self) -> int | None:
@@ -165,7 +235,7 @@ class ModelView:
         """How images become this model's input: set by the caller (the CLI does), else read from the model's
         metadata with the imagenet preset as fallback. Masking methods and metrics fade images to its black."""
         if self._preprocessing is None:
-            self._preprocessing = resolve_preprocessing(self.model, self.input_name, self.input_layout)
+            self._preprocessing = resolve_preprocessing(self.summary, self.input_name, self.input_layout)
         return self._preprocessing
 
     @preprocessing.setter
@@ -181,11 +251,10 @@ class ModelView:
 
     def detection_layout(self, shape: Sequence[int]) -> DetectionLayout:
         """The layout of one image's detector output of `shape`: the model's metadata, else guessed."""
-        labels = model_labels(self.model)
-        has_nms = any(n.op_type == "NonMaxSuppression" for n in self.model.graph.node)
-        post_nms = bool(selection_nodes(self.model, self.output)) if has_nms else None  # known from the graph
-        classes = len(labels) if labels else nms_classes(self.model) if has_nms else None
-        return detection_layout(shape, model_metadata(self.model), classes, post_nms)
+        labels = model_labels(self.summary)
+        post_nms, nms_classes = self._known["post_nms"], self._known["nms_classes"]
+        classes = len(labels) if labels else nms_classes if post_nms is not None else None
+        return detection_layout(shape, self.metadata, classes, post_nms)
 
     def check(self, x: Any) -> np.ndarray:
         array = check_input(x, self.input_name, self.input_shape, self.input_type)
@@ -212,19 +281,24 @@ class ModelView:
         key = ("forward", tensors)
         if key not in self.sessions:
             wanted = [self.score] + [t for t in tensors if t != self.score]
-            self.sessions[key] = cached_session(self.identity, ("expose", wanted), lambda: expose(self.model, wanted),
+            self.sessions[key] = cached_session(self.identity, ("expose", wanted), lambda: self._exposed(wanted),
                                                 self.providers, source=self.source)
         return self.sessions[key]
+
+    def _exposed(self, tensors: list[str]) -> onnx.ModelProto:
+        from onnxcam.graph.reverse.model import expose
+
+        return expose(self.model, tensors)
 
     def reverse_runner(self, layers: Sequence[str], with_input: bool = False,
                        lrp: LrpOptions | None = None, initial: str = "contrastive") -> ReverseRunner:
         key = ("reverse", tuple(layers), with_input, lrp, initial)
         if key not in self.sessions:
             try:
-                self.sessions[key] = ReverseRunner(self.model, list(layers), with_input, self.output_option,
-                                                   self.probabilities, providers=self.providers, preloaded=True,
-                                                   lrp=lrp, initial=initial, identity=self.identity,
-                                                   source=self.source)
+                self.sessions[key] = ReverseRunner(self.facts.source, list(layers), with_input, self.output_option,
+                                                   self.probabilities, providers=self.providers, lrp=lrp,
+                                                   initial=initial, identity=self.identity, source=self.source,
+                                                   view=(self._known, lambda: self.model, self._scope))
             except GradientError as e:  # the graph knows no method names: the registry says which still work
                 free = sorted(m.name for m in METHODS.values() if m.gradient_free)
                 raise GradientError(f"{e} ({', '.join(free)})") from None
@@ -233,10 +307,18 @@ class ModelView:
     def head_session(self, layer: str, scaled: bool = False) -> tuple[Session, list[str]]:
         key = ("head", layer, scaled)
         if key not in self.sessions:
-            head = extract_head(self.model, layer, self.score, scale=scaled)
-            session = cached_session(self.identity, ("head", layer, self.score, scaled), lambda: head.model,
+            heads: dict[str, Any] = {}  # the cut head, when this run had to cut it
+
+            def cut() -> Any:
+                if "head" not in heads:
+                    from onnxcam.graph.head import extract_head
+
+                    heads["head"] = extract_head(self.model, layer, self.score, scale=scaled)
+                return heads["head"]
+            extra = self.ask(f"head inputs {layer} {scaled}", lambda: cut().extra_inputs)
+            session = cached_session(self.identity, ("head", layer, self.score, scaled), lambda: cut().model,
                                      self.providers, source=self.source)
-            self.sessions[key] = (session, head.extra_inputs)
+            self.sessions[key] = (session, list(extra))
         return self.sessions[key]
 
     def close(self) -> None:
@@ -282,6 +364,8 @@ class EvidenceBuilder:
     @functools.cached_property
     def _biases(self) -> dict[str, np.ndarray]:
         """FullGrad's biased Conv/BN outputs (a walk over the graph): found once, not per batch."""
+        from onnxcam.graph.head import biased_outputs
+
         return biased_outputs(self.view.model, self.view.score)
 
     def build(self, x: np.ndarray, targets: Targets, layers: list[str], method: Method,
@@ -335,6 +419,8 @@ class EvidenceBuilder:
     def _head_weights(self, layer: str, *_: Any) -> np.ndarray | None:
         """The GAP + linear head's weights after `layer` (for CAM), read once per layer."""
         if layer not in self._heads:
+            from onnxcam.graph.head import linear_head_weights
+
             self._heads[layer] = linear_head_weights(self.view.model, layer, self.view.score)
         return self._heads[layer]
 
@@ -345,7 +431,7 @@ class EvidenceBuilder:
         return self.view.model_id
 
     def _graph_outputs(self, *_: Any) -> tuple[str, ...]:
-        return tuple(o.name for o in self.view.model.graph.output)
+        return tuple(self.view.graph_outputs)
 
     def _scores_of_fn(self, *_: Any) -> Callable[[np.ndarray], np.ndarray]:
         return self._scores_of
@@ -453,7 +539,13 @@ class EvidenceBuilder:
         if layer not in self._pooled_cuts and v.layouts.get(layer) in TOKEN_LAYOUTS:
             self._pooled_cuts[layer] = None  # token layers: the extra tokens make pooled ablation inexact
         if layer not in self._pooled_cuts:
-            self._pooled_cuts[layer] = pooled_channels(v.model, layer, v.layouts.get(layer) or "NCHW")
+            layout = v.layouts.get(layer) or "NCHW"
+
+            def compute() -> str | None:
+                from onnxcam.graph.head import pooled_channels
+
+                return pooled_channels(v.model, layer, layout)
+            self._pooled_cuts[layer] = v.ask(f"pooled {layer} {layout}", compute)
         return self._pooled_cuts[layer]
 
     @staticmethod

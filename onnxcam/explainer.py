@@ -9,7 +9,7 @@ import numpy as np
 
 from onnxcam.errors import InputError
 from onnxcam.evidence import EvidenceBuilder, ModelView
-from onnxcam.graph.load import ModelSource
+from onnxcam.graph.contract import ModelSource
 from onnxcam.images import Preprocessing
 from onnxcam.labels import find_labels
 from onnxcam.methods import Evidence, Method, get_method
@@ -50,7 +50,9 @@ class Explainer:
                         "grid": grid, "extra_tokens": extra_tokens, "extra_tokens_at": extra_tokens_at}
 
     # --- the model's facts (see ModelView) ------------------------------------------------------------------------
-    model = property(lambda self: self.view.model, doc="The loaded, normalised onnx.ModelProto.")
+    model = property(lambda self: self.view.model, doc="The loaded, normalised onnx.ModelProto (parsed on first use).")
+    summary = property(lambda self: self.view.summary, doc="The model's metadata, data inputs, outputs, op types.")
+    metadata = property(lambda self: self.view.metadata, doc="The model's metadata (key -> value).")
     tensors = property(lambda self: self.view.tensors, doc="Every tensor's catalogue entry (shape, layout, op).")
     score = property(lambda self: self.view.score, doc="The tensor differentiated (before a final Softmax).")
     output = property(lambda self: self.view.output, doc="The model output explained.")
@@ -87,7 +89,7 @@ class Explainer:
 
     @labels.setter
     def labels(self, names: Sequence[str] | None) -> None:
-        found = find_labels(list(names), self.model, self.classes) if names is not None else None
+        found = find_labels(list(names), self.view.summary, self.classes) if names is not None else None
         self._labels = None if found is None else (found.names, found.source)
 
     @property
@@ -97,7 +99,7 @@ class Explainer:
 
     def _found_labels(self) -> tuple[list[str] | None, str]:
         if self._labels is None:
-            found = find_labels(None, self.model, self.classes)
+            found = find_labels(None, self.view.summary, self.classes)
             self._labels = (found.names, found.source)
         return self._labels
 

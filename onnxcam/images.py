@@ -30,13 +30,11 @@ import ast
 import difflib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from onnxcam.decode import (  # noqa: F401  (decoding lives in onnxcam.decode; these names stay importable here)
     DecodedImage,
@@ -48,7 +46,8 @@ from onnxcam.decode import (  # noqa: F401  (decoding lives in onnxcam.decode; t
     to_rgb8,
 )
 from onnxcam.errors import InputError
-from onnxcam.graph.catalogue import guess_layout
+from onnxcam.graph.contract import ModelSummary, guess_layout
+from onnxcam.graph.summary import summary_of
 from onnxcam.image_headers import image_size as header_size  # noqa: F401
 from onnxcam.labels import (  # noqa: F401  (class names live in onnxcam.labels; these names stay importable here)
     check_labels,
@@ -58,6 +57,9 @@ from onnxcam.labels import (  # noqa: F401  (class names live in onnxcam.labels;
     resolve_target,
 )
 from onnxcam.opencv import MAX_PIXELS, cv2
+
+if TYPE_CHECKING:
+    import onnx
 
 DEFAULT_SIZE = 224
 # What a folder walk picks up: the formats onnxcam.decode size-checks and OpenCV decodes (OpenEXR is left out:
@@ -154,20 +156,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "yolo": {**_UNIT, "resize": "letterbox", "pad_value": 114.0, "pad_align": "center", "interpolation": "bilinear"},
 }
 
-_DTYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-           onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.UINT8: "uint8"}
+_DTYPES: dict[int, str] = {1: "float32", 10: "float16", 11: "float64", 2: "uint8"}  # ONNX element types
 
 
 # --- where the settings come from -------------------------------------------------------------------------------
-def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
+def model_metadata(model: ModelSummary | onnx.ModelProto | Mapping[str, str]) -> dict[str, str]:
+    """The model's metadata (key -> value), from the model, its summary, or the mapping itself."""
+    if isinstance(model, Mapping):
+        return dict(model)
+    if isinstance(model, ModelSummary):
+        return dict(model.metadata)
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _input_value(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
-    return next(i for i in model.graph.input if i.name == name)
-
-
-def resolve_preprocessing(model: onnx.ModelProto, input_name: str, layout: str | None = None,
+def resolve_preprocessing(model: ModelSummary | onnx.ModelProto, input_name: str, layout: str | None = None,
                           preset: str | None = None, mean: Sequence[float] | None = None,
                           std: Sequence[float] | None = None, size: int | Sequence[int] | None = None,
                           bgr: bool | None = None, scale: float | None = None, *, resize_short: int | None = None,
@@ -178,9 +180,11 @@ def resolve_preprocessing(model: onnx.ModelProto, input_name: str, layout: str |
     resize_short: resize the short side to this, then centre-crop the input size; crop: the centre crop (for a
     dynamic input it sets the input size; without resize_short the short side is resized to the crop);
     letterbox: fit and pad instead of stretching (needs a fixed input size)."""
-    dims = input_dims(model, input_name)
-    dtype = _DTYPES.get(_input_value(model, input_name).type.tensor_type.elem_type, "float32")
-    meta, meta_source = metadata_preprocessing(model)
+    summary = summary_of(model)
+    image = summary.input(input_name)
+    dims = input_dims(summary, input_name)
+    dtype = _DTYPES.get(image.elem_type, "float32")
+    meta, meta_source = metadata_preprocessing(summary)
     layout = (layout or meta.get("layout") or guess_layout(tuple(dims)) or "NCHW").upper()
     if layout not in ("NCHW", "NHWC"):
         raise InputError(f"unknown layout '{layout}'; use NCHW or NHWC")
@@ -189,7 +193,7 @@ def resolve_preprocessing(model: onnx.ModelProto, input_name: str, layout: str |
     if len(dims) == 4:
         c, h, w = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
         static_hw, channels = [h, w], c if c in (1, 3) else channels
-    fields, guess = _guess(model, input_name, dtype)
+    fields, guess = _guess(image.rescaling, dtype)
     sources = []
     if meta:
         fields.update({k: v for k, v in meta.items() if k not in ("layout", "size", "channels")})
@@ -218,12 +222,11 @@ def resolve_preprocessing(model: onnx.ModelProto, input_name: str, layout: str |
     return replace(spec, source=" + ".join(sources))
 
 
-def _guess(model: onnx.ModelProto, input_name: str, dtype: str) -> tuple[dict[str, Any], str]:
-    """The settings before any source speaks, and why."""
+def _guess(rescale: str | None, dtype: str) -> tuple[dict[str, Any], str]:
+    """The settings before any source speaks, and why (rescale: how the graph rescales its input itself)."""
     fields: dict[str, Any] = {"resize": "stretch", "interpolation": "auto", "pad_value": 114.0, "pad_align": "center"}
     if dtype == "uint8":
         return {**fields, **PRESETS["raw255"]}, "uint8 input: raw pixels"
-    rescale = input_rescaling(model, input_name)
     if rescale is not None:
         return {**fields, **PRESETS["raw255"]}, f"the graph rescales its input itself ({rescale}): raw 0-255 pixels"
     return {**fields, **PRESETS["imagenet"]}, ("the model names none: ImageNet mean/std, resized to the input; "
@@ -325,9 +328,9 @@ def check_input_size(size: tuple[int, int], source: str, max_pixels: int = MAX_P
                          "use a model (or --size) with a smaller input")
 
 
-def input_dims(model: onnx.ModelProto, name: str) -> list[int | None]:
-    dims = _input_value(model, name).type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+def input_dims(model: ModelSummary | onnx.ModelProto, name: str) -> list[int | None]:
+    """The input's fixed sizes (None where dynamic)."""
+    return [d if isinstance(d, int) and d > 0 else None for d in summary_of(model).input(name).dims]
 
 
 def preset_fields(name: str) -> dict[str, Any]:
@@ -339,7 +342,7 @@ def preset_fields(name: str) -> dict[str, Any]:
 
 
 # --- the model's metadata ---------------------------------------------------------------------------------------
-def metadata_preprocessing(model: onnx.ModelProto) -> tuple[dict[str, Any], str]:
+def metadata_preprocessing(model: ModelSummary | onnx.ModelProto | Mapping[str, str]) -> tuple[dict[str, Any], str]:
     """Settings the model's metadata gives, and a description of the keys read ("" when none)."""
     meta = model_metadata(model)
     fields: dict[str, Any] = {}
@@ -352,7 +355,7 @@ def metadata_preprocessing(model: onnx.ModelProto) -> tuple[dict[str, Any], str]
     return fields, f"model metadata ({'; '.join(read)})" if read else ""
 
 
-def preprocessing_problems(model: onnx.ModelProto) -> list[str]:
+def preprocessing_problems(model: ModelSummary | onnx.ModelProto | Mapping[str, str]) -> list[str]:
     """One line per preprocessing metadata key that is there but cannot be read: said once, the run goes on."""
     meta = model_metadata(model)
     problems = []
@@ -467,37 +470,6 @@ def _literal(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return ast.literal_eval(text)
-
-
-def input_rescaling(model: onnx.ModelProto, input_name: str) -> str | None:
-    """How the graph rescales raw pixels itself, when it does (Keras' Rescaling layer and preprocessing that was
-    exported with the model): the input, through layout-only ops, goes into a Mul by 1/255 or 1/127.5 or a Div by
-    255 or 127.5. None otherwise."""
-    constants = {t.name: t for t in model.graph.initializer}
-    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
-                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
-    tensor = input_name
-    for _ in range(4):
-        consumers = [n for n in model.graph.node if tensor in n.input]
-        if len(consumers) != 1:
-            return None
-        node = consumers[0]
-        if node.op_type in ("Transpose", "Cast", "Identity"):
-            tensor = node.output[0]
-            continue
-        if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
-            return None
-        other = node.input[1] if node.input[0] == tensor else node.input[0]
-        if other not in constants or (node.op_type == "Div" and node.input[0] != tensor):
-            return None
-        values = numpy_helper.to_array(constants[other]).astype(np.float64).ravel()
-        if values.size == 0 or not np.allclose(values, values[0]):
-            return None
-        factor = float(values[0]) if node.op_type == "Mul" else 1.0 / float(values[0])
-        if any(math.isclose(factor, 1.0 / d, rel_tol=1e-4) for d in (255.0, 127.5)):
-            return f"{node.op_type} by {float(values[0]):.6g}"
-        return None
-    return None
 
 
 def _pair(size: Any) -> tuple[int, int]:

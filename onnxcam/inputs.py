@@ -15,18 +15,21 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from onnxcam.errors import InputError, ModelError
+from onnxcam.facts import model_facts
 from onnxcam.files import printable
-from onnxcam.graph.inputs import data_inputs, fold_inputs, input_signature
-from onnxcam.graph.load import ModelSource, load_model
+from onnxcam.graph.contract import InputSummary, ModelSource, ModelSummary
+from onnxcam.graph.summary import summary_of
+
+if TYPE_CHECKING:
+    import onnx
 
 DEFAULTS_KEY = "input_defaults"
-IMAGE_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.UINT8)
+IMAGE_TYPES = (1, 10, 11, 2)  # ONNX element types: float, float16, double, uint8
 InputValue = str | os.PathLike | np.ndarray
 
 
@@ -42,8 +45,8 @@ class PreparedModel:
 def prepare_model(source: ModelSource, given: Mapping[str, InputValue] | None = None) -> PreparedModel:
     """Check `source`'s inputs and fold the values of the ones beside the image; see the module docstring."""
     given = dict(given or {})
-    raw = _peek(source)
-    inputs = data_inputs(raw)
+    raw = model_facts(source).summary  # from the cache when the model was seen before: nothing is parsed
+    inputs = list(raw.inputs)
     names = [i.name for i in inputs]
     for name in given:
         if name not in names:
@@ -74,19 +77,21 @@ def prepare_model(source: ModelSource, given: Mapping[str, InputValue] | None = 
         values[name] = _fit(value_info, array, origin)
         folded[name] = {"from": origin, "shape": list(values[name].shape),
                         "sha256": hashlib.sha256(np.ascontiguousarray(values[name]).tobytes()).hexdigest()}
+    from onnxcam.graph.inputs import fold_inputs
+    from onnxcam.graph.load import load_model
+
     return PreparedModel(fold_inputs(load_model(source), values, image), image, folded, notes)
 
 
-def check_image_input(model: onnx.ModelProto, name: str) -> None:
+def check_image_input(model: ModelSummary | onnx.ModelProto, name: str) -> None:
     """Refuse an input that is not a batch of images: rank 4, float or uint8."""
-    value = next(i for i in model.graph.input if i.name == name)
-    tensor = value.type.tensor_type
-    if tensor.elem_type in IMAGE_TYPES and len(tensor.shape.dim) == 4:
+    value = summary_of(model).input(name)
+    if value.elem_type in IMAGE_TYPES and len(value.dims) == 4:
         return
-    dtype, dims = input_signature(value) if tensor.elem_type else (None, [])
-    looks = ("; it looks like a text model (token ids)" if dtype is not None and dtype.kind in "iu" and len(dims) <= 3
-             else "")
-    if tensor.elem_type in IMAGE_TYPES and len(dims) == 3 and dims[0] in (1, 3):
+    dims = value.dims if value.elem_type else ()
+    looks = ("; it looks like a text model (token ids)" if value.dtype is not None and
+             np.dtype(value.dtype).kind in "iu" and len(dims) <= 3 else "")
+    if value.elem_type in IMAGE_TYPES and len(dims) == 3 and dims[0] in (1, 3):
         # torchvision's Faster R-CNN / RetinaNet / Mask R-CNN exports: one unbatched image, resize, RoIAlign and NMS
         # inside the graph, only post-NMS boxes out
         looks = ("; it takes one unbatched image (C, H, W), as torchvision's detection exports (Faster R-CNN, "
@@ -97,21 +102,7 @@ def check_image_input(model: onnx.ModelProto, name: str) -> None:
                      f"{looks}")
 
 
-def _peek(source: ModelSource) -> onnx.ModelProto:
-    """The model's graph without its external weights and without normalising it: enough to read its inputs."""
-    if isinstance(source, onnx.ModelProto):
-        return source
-    if isinstance(source, bytes):
-        return load_model(source)
-    if not os.path.isfile(source):
-        return load_model(source)  # says the file is missing, as everywhere
-    try:
-        return onnx.load(os.fspath(source), load_external_data=False)
-    except Exception:  # protobuf's DecodeError and friends: load_model says what is wrong
-        return load_model(source)
-
-
-def _image_input(inputs: list[onnx.ValueInfoProto], given: Mapping[str, Any]) -> str:
+def _image_input(inputs: list[InputSummary], given: Mapping[str, Any]) -> str:
     """The input the images go to: the only one without a given value, else the first rank-4 float or uint8 one
     among those, else the first of them."""
     free = [i for i in inputs if i.name not in given]
@@ -119,14 +110,13 @@ def _image_input(inputs: list[onnx.ValueInfoProto], given: Mapping[str, Any]) ->
         raise InputError("every input of the model was given with --input; leave out the image input, onnxcam "
                          "feeds it")
     for value in free:
-        tensor = value.type.tensor_type
-        if tensor.elem_type in IMAGE_TYPES and len(tensor.shape.dim) == 4:
+        if value.elem_type in IMAGE_TYPES and len(value.dims) == 4:
             return value.name
     return free[0].name
 
 
-def _metadata_defaults(model: onnx.ModelProto) -> tuple[dict[str, Any], list[str]]:
-    raw = next((p.value for p in model.metadata_props if p.key == DEFAULTS_KEY), None)
+def _metadata_defaults(model: ModelSummary) -> tuple[dict[str, Any], list[str]]:
+    raw = model.metadata.get(DEFAULTS_KEY)
     if not raw:
         return {}, []
     try:
@@ -152,9 +142,9 @@ def _read_value(name: str, value: InputValue) -> np.ndarray:
                          f"array ({e})") from None
 
 
-def _fit(value_info: onnx.ValueInfoProto, array: np.ndarray, origin: str) -> np.ndarray:
+def _fit(value_info: InputSummary, array: np.ndarray, origin: str) -> np.ndarray:
     """`array` checked against the input's declared rank and fixed sizes and cast to its dtype."""
-    dtype, dims = input_signature(value_info)
+    dtype, dims = _signature(value_info)
     name = printable(value_info.name)
     if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and dtype.kind in "biu"):
         raise InputError(f"input '{name}' is {_signature_text(value_info)} but {origin} holds {array.dtype} values")
@@ -164,10 +154,18 @@ def _fit(value_info: onnx.ValueInfoProto, array: np.ndarray, origin: str) -> np.
     return array.astype(dtype)
 
 
-def _signature_text(value: onnx.ValueInfoProto) -> str:
-    tensor = value.type.tensor_type
-    if not tensor.elem_type:
+def _signature(value: InputSummary) -> tuple[np.dtype, tuple[int | str | None, ...]]:
+    if value.dtype is None:
+        raise ModelError(f"input '{printable(value.name)}' has element type {value.elem_type}, which NumPy cannot "
+                         "hold")
+    return np.dtype(value.dtype), value.dims
+
+
+def _signature_text(value: InputSummary) -> str:
+    if not value.elem_type:
         return "not a tensor"
-    dtype, dims = input_signature(value)
+    if value.dtype is None:
+        return f"element type {value.elem_type}, ({', '.join('?' if d is None else str(d) for d in value.dims)})"
+    dtype, dims = _signature(value)
     shown = ", ".join("?" if d is None else str(d) for d in dims)
     return f"{dtype.name} ({shown})"

@@ -23,14 +23,19 @@ import functools
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any, Union
 
 from onnxcam.errors import InputError
+from onnxcam.graph.contract import ModelSummary
+
+if TYPE_CHECKING:
+    import onnx
+
+# where labels are read from: the model, its summary or its metadata itself
+MetadataSource = Union["onnx.ModelProto", ModelSummary, Mapping[str, str]]
 
 METADATA_KEYS = ("labels", "names", "class_names", "classes", "character")
 IMAGENET_FILE = Path(__file__).resolve().parent / "data" / "imagenet1k.txt"
@@ -111,7 +116,11 @@ def _is_int(text: str) -> bool:
 
 
 # --- the model's metadata -----------------------------------------------------------------------------------------
-def _metadata(model: onnx.ModelProto) -> dict[str, str]:
+def _metadata(model: MetadataSource) -> dict[str, str]:
+    if isinstance(model, Mapping):
+        return dict(model)
+    if isinstance(model, ModelSummary):
+        return dict(model.metadata)
     return {p.key: p.value for p in model.metadata_props}
 
 
@@ -129,7 +138,7 @@ def _parse_metadata(key: str, raw: str) -> list[str]:
     raise InputError(f"the model's metadata '{key}' is neither JSON, a Python list/dict nor one name per line")
 
 
-def _metadata_entries(model: onnx.ModelProto) -> Iterator[tuple[str, list[str] | InputError]]:
+def _metadata_entries(model: MetadataSource) -> Iterator[tuple[str, list[str] | InputError]]:
     """(key, its names or why they cannot be read) for every label key the metadata fills, in METADATA_KEYS order."""
     meta = _metadata(model)
     for key in METADATA_KEYS:
@@ -140,7 +149,7 @@ def _metadata_entries(model: onnx.ModelProto) -> Iterator[tuple[str, list[str] |
                 yield key, e
 
 
-def metadata_labels(model: onnx.ModelProto, classes: int | None = None) -> tuple[list[str], str] | None:
+def metadata_labels(model: MetadataSource, classes: int | None = None) -> tuple[list[str], str] | None:
     """(names, metadata key) from the first key that reads as names (and has `classes` of them, when known)."""
     for key, names in _metadata_entries(model):
         if isinstance(names, list) and names and (classes is None or len(names) == classes):
@@ -148,7 +157,7 @@ def metadata_labels(model: onnx.ModelProto, classes: int | None = None) -> tuple
     return None
 
 
-def metadata_problems(model: onnx.ModelProto, classes: int | None = None) -> list[str]:
+def metadata_problems(model: MetadataSource, classes: int | None = None) -> list[str]:
     """One line per label metadata key that is there but cannot be used: said once, then the run goes on."""
     problems = []
     for key, names in _metadata_entries(model):
@@ -160,7 +169,7 @@ def metadata_problems(model: onnx.ModelProto, classes: int | None = None) -> lis
     return problems
 
 
-def model_labels(model: onnx.ModelProto) -> list[str] | None:
+def model_labels(model: MetadataSource) -> list[str] | None:
     """Class names the model's metadata carries (any count), else None."""
     found = metadata_labels(model)
     return found[0] if found else None
@@ -180,7 +189,7 @@ def imagenet_labels(classes: int | None) -> list[str] | None:
     return None
 
 
-def find_labels(given: str | os.PathLike | Sequence[str] | None, model: onnx.ModelProto,
+def find_labels(given: str | os.PathLike | Sequence[str] | None, model: MetadataSource,
                 classes: int | None) -> Labels:
     """The names a run uses and their source; see the module docstring for the order."""
     if isinstance(given, (str, os.PathLike)):

@@ -3,23 +3,21 @@ the gradients (or LRP relevance) at chosen layers from one onnxruntime run."""
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
-from onnxcam.errors import InputError
-from onnxcam.graph.catalogue import TensorInfo, catalogue, default_layer, find_score
-from onnxcam.graph.load import ModelSource, load_model
-from onnxcam.graph.quantized import is_quantized, saturated_images, saturation_warning
-from onnxcam.graph.reverse.model import PREFIXES, SCORES, SEED, check_tensors, image_input, reverse_model
-from onnxcam.graph.reverse.relevance import LrpOptions
-from onnxcam.graph.topo import Shape, static_shapes
+from onnxcam.errors import InputError, LayerError
+from onnxcam.facts import model_facts
+from onnxcam.graph.contract import PREFIXES, SCORES, SEED, LrpOptions, ModelSource, Shape, TensorInfo, tensor_infos
 from onnxcam.runtime import Session, cached_session, choose_providers, model_identity, shared_session
+
+if TYPE_CHECKING:
+    import onnx
 
 Targets = None | int | Sequence[int] | np.ndarray | Sequence[Any]  # Any: onnxcam.targets objects
 
@@ -67,36 +65,52 @@ class ReverseRunner:
                  with_input: bool = False, output: str | None = None, probabilities: bool = False,
                  providers: Sequence[str] | None = None, device: str = "auto", preloaded: bool = False,
                  lrp: LrpOptions | None = None, initial: str = "contrastive", identity: str | None = None,
-                 source: object = None) -> None:
+                 source: object = None, view: tuple[dict[str, Any], Callable[[], onnx.ModelProto], str] | None = None
+                 ) -> None:
         # preloaded: `model` is a ModelProto that load_model already returned (skips a second normalisation);
         # identity: the source's runtime.model_identity when the caller has it (the cache key of the rewrite);
-        # source: the file the model came from, when `model` is already loaded (the cache records it)
-        self.identity = identity or model_identity(model)
-        self.model = model if preloaded and isinstance(model, onnx.ModelProto) else load_model(model)
-        self.tensors: list[TensorInfo] = catalogue(self.model)
-        self.score, self.output = find_score(self.model, output, probabilities)
+        # source: the file the model came from, when `model` is already loaded (the cache records it);
+        # view: what a ModelView knows (its survey answer, a getter of the model it describes, its facts' scope)
+        self.facts = model_facts(model, identity)
+        self.identity = self.facts.identity
+        if view is None:
+            loaded = model if preloaded and not isinstance(model, (str, os.PathLike, bytes)) else None
+            get_model: Callable[[], onnx.ModelProto] = (lambda: loaded) if loaded is not None else \
+                (lambda: self.facts.model)
+            scope = f"runner {output!r} {probabilities}"
+            view = (self.facts.ask(f"{scope}: survey", lambda: _survey(get_model(), output, probabilities)),
+                    get_model, scope)
+        known, self._model, scope = view
+        self.tensors: list[TensorInfo] = tensor_infos(known)
+        self.score, self.output = known["score"], known["output"]
+        if layers is None and known["default_layer"] is None:
+            raise LayerError(known["default_layer_problem"])
+        self.default_layer: str = known["default_layer"]
         self.layers = [self.default_layer] if layers is None else [layers] if isinstance(layers, str) else list(layers)
-        check_tensors(self.model, self.layers)
-        self.input_name = image_input(self.model)
+        names = {t.name for t in self.tensors}
+        if not all(layer in names for layer in self.layers):
+            from onnxcam.graph.reverse.model import check_tensors
+
+            check_tensors(self.model, self.layers)  # says which name is unknown, and the close ones
+        self.input_name: str = known["input_name"]
         self.with_input = with_input
         self.kind = "gradient" if lrp is None else "relevance"
-        shapes = static_shapes(self.model.graph)
-        self.input_shape: Shape | None = shapes.get(self.input_name)
-        self.score_shape: Shape | None = shapes.get(self.output)
+        self.input_shape: Shape | None = next(t.shape for t in self.tensors if t.name == self.input_name)
+        self.score_shape: Shape | None = None if known["output_shape"] is None else tuple(known["output_shape"])
         self.providers = choose_providers(device, providers)
         self.session = cached_session(
             self.identity, (self.kind, self.layers, with_input, output, probabilities, lrp, initial),
-            lambda: reverse_model(self.model, self.layers, with_input, output, probabilities, lrp, initial).model,
+            lambda: _reverse_model(self.model, self.layers, with_input, output, probabilities, lrp, initial),
             self.providers, source=model if source is None else source)
         self._input_dtype = next(i for i in self.session.get_inputs() if i.name == self.input_name).type
         # a float64 model takes a float64 seed
         self._seed_dtype = seed_dtype(self.session)
-        self._quantized = is_quantized(self.model)
+        self._quantized = bool(known["quantized"])
 
-    @cached_property
-    def default_layer(self) -> str:
-        """The last spatial feature map the score depends on."""
-        return default_layer(self.model, self.score, self.tensors)
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The model the runner rewrites (parsed on first use: a cached rewrite needs none of it)."""
+        return self._model()
 
     def run(self, x: np.ndarray, targets: Targets = None) -> ReverseResult:
         x = check_input(x, self.input_name, self.input_shape, self._input_dtype)
@@ -111,10 +125,25 @@ class ReverseRunner:
         carried = dict(zip(self.layers, values[1 + count:1 + 2 * count]))
         at_input = values[-1] if self.with_input else None
         if self._quantized and self.kind == "gradient":  # a clipping calibration gives all-zero gradients: say so
+            from onnxcam.graph.quantized import saturated_images, saturation_warning
+
             saturated = saturated_images(activations, carried, seed, scores.ndim == 2)
             if saturated:
                 warnings.warn(saturation_warning(saturated, self.layers), RuntimeWarning, stacklevel=2)
         return ReverseResult(scores, activations, carried, at_input, explained_classes(seed, scores), self.kind)
+
+def _survey(model: onnx.ModelProto, output: str | None, probabilities: bool) -> dict[str, Any]:
+    from onnxcam.graph.survey import survey
+
+    return survey(model, output, probabilities)
+
+
+def _reverse_model(model: onnx.ModelProto, layers: list[str], with_input: bool, output: str | None,
+                   probabilities: bool, lrp: LrpOptions | None, initial: str) -> onnx.ModelProto:
+    from onnxcam.graph.reverse.model import reverse_model
+
+    return reverse_model(model, layers, with_input, output, probabilities, lrp, initial).model
+
 
 def class_seed(targets: Targets, batch: int, score_shape: Shape | None, output: str) -> np.ndarray:
     """The seed input of a rewritten model: a float array given as targets is the seed itself; class ids become

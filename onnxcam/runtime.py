@@ -37,7 +37,7 @@ from onnxcam.cache import (
     store_variant,
     temporary_name,
     variant_name,
-    warn_once,
+    warn_unwritable,
 )
 from onnxcam.errors import ModelError, OnnxcamError
 
@@ -162,8 +162,7 @@ def cached_session(identity: str, request: object, build: Callable[[], onnx.Mode
         variant = find_variant(identity, generic) or store_variant(identity, generic, build(), source)
         return _variant_session(variant, providers)
     except OSError as exc:
-        warn_once(f"cannot write the cache folder {cache_dir()} ({exc.strerror or exc}); rewritten models are "
-                  f"kept in memory (set {CACHE_ENV} to a writable folder to keep them across runs)")
+        warn_unwritable(exc)
         return make_session(build(), providers)
 
 

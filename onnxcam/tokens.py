@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcam.errors import InputError, LayerError
-from onnxcam.graph.tokens import (  # noqa: F401  (re-exported: the token API in one place)
+from onnxcam.graph.contract import Dim
+from onnxcam.graph.token_shapes import (  # noqa: F401  (re-exported: the token API in one place)
     MAX_EXTRA_TOKENS,
     TOKEN_LAYOUTS,
     grids,
     runtime_layout,
 )
-from onnxcam.graph.topo import Dim
 
 EXTRA_AT = ("start", "end")
 

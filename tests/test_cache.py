@@ -329,3 +329,66 @@ def test_cache_commands_list_and_clean(tmp_path: Path, cache: Path) -> None:
     cleaned = runner.invoke(cli.app, ["cache", "clean"])
     assert cleaned.exit_code == 0 and cleaned.output.startswith("removed 1 entries")
     assert not _model_folders(cache)
+
+
+WARM_RUN = """
+import sys, runpy
+sys.argv = ["onnxcam", "explain", *sys.argv[1:]]
+try:
+    runpy.run_module("onnxcam", run_name="__main__")
+except SystemExit as e:
+    code = e.code
+print("IMPORTED", "onnx" in sys.modules, "ml_dtypes" in sys.modules, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("model, methods", [("shapes_resnet.onnx", "gradcam,eigencam,ablationcam,reciprocam"),
+                                            ("shapes_detector.onnx", "gradcam++,eigencam")])
+def test_a_warm_run_neither_parses_the_model_nor_imports_onnx(tmp_path: Path, model: str, methods: str) -> None:
+    """The second run of a job finds every rewritten graph and every fact about the model in the cache: it never
+    imports onnx (whose import alone costs more than a ResNet-50 forward), and its maps are the first run's."""
+    images = ROOT / "examples" / "images"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), CACHE_ENV: str(tmp_path / "cache")}
+    runs = []
+    for name in ("cold", "warm"):
+        args = [str(MODELS / model), str(images), "--method", methods, "--out", str(tmp_path / name),
+                "--device", "cpu"]
+        run = subprocess.run([sys.executable, "-c", WARM_RUN, *args], capture_output=True, text=True, env=env,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr
+        runs.append(run.stderr)
+    assert "IMPORTED True True" in runs[0]  # the first run parsed and rewrote the model
+    assert "IMPORTED False False" in runs[1], runs[1]
+    cold = sorted((tmp_path / "cold").glob("*.npy"))
+    assert len(cold) >= 4
+    for path in cold:
+        np.testing.assert_array_equal(np.load(path), np.load(tmp_path / "warm" / path.name))
+
+
+def test_facts_that_cannot_be_read_are_worked_out_again(tmp_path: Path, cache: Path) -> None:
+    """A facts file cut short (a full disk, a killed writer) is as good as none: the model is parsed again and
+    the facts rewritten whole."""
+    import gc
+
+    from onnxcam.inputs import prepare_model
+
+    path = str(MODELS / "shapes_resnet.onnx")
+    prepare_model(path)  # the job's first question: the summary
+    first = onnxcam.Explainer(path, device="cpu")
+    layer, score = first.layer, first.score
+    del first
+    gc.collect()  # the process's facts of the model go with the last explainer holding them
+    (stored,) = cache.rglob("facts-*.json")
+    answers = json.loads(stored.read_text())
+    assert any(key.endswith(": survey") for key in answers) and "summary" in answers
+    warm = onnxcam.Explainer(path, device="cpu")
+    assert not warm.view.facts.loaded and warm.layer == layer  # read back: nothing parsed
+    del warm
+    gc.collect()
+    stored.write_text(stored.read_text()[: len(stored.read_text()) // 2])
+    again = onnxcam.Explainer(path, device="cpu")
+    assert again.view.facts.loaded  # nothing readable: the model was parsed
+    assert again.layer == layer and again.score == score
+    prepare_model(path)
+    assert json.loads(stored.read_text()).keys() >= answers.keys()

@@ -136,19 +136,20 @@ def test_every_task_resumes_and_takes_method_options(tmp_path: Path, model: str,
         np.testing.assert_allclose(np.load(out / name), value, atol=1e-6)
 
 
-def test_a_given_layer_is_used_when_no_default_can_be_found(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_given_layer_is_used_when_no_default_can_be_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """When the graph hides every feature map's shape (an exporter's If, data-dependent reshapes) there is no
     default layer: the message says to pass one, and passing one works instead of repeating the message."""
     from toy_models import tiny_cnn
 
-    import onnxcam.evidence as evidence
+    import onnxcam.graph.survey as survey
     from onnxcam import Explainer
     from onnxcam.errors import LayerError
 
     def no_default(*args: object, **kwargs: object) -> str:
         raise LayerError("the model has no spatial feature map ...: pass --layer with a tensor name")
 
-    monkeypatch.setattr(evidence, "default_layer", no_default)
+    monkeypatch.setenv("ONNXCAM_CACHE", str(tmp_path / "cache"))  # facts of this model made afresh
+    monkeypatch.setattr(survey, "default_layer", no_default)
     with pytest.raises(LayerError, match="pass --layer"):
         Explainer(tiny_cnn(), device="cpu")
     ex = Explainer(tiny_cnn(), layer="feat", device="cpu")

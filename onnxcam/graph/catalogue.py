@@ -6,7 +6,7 @@ import onnx
 
 from onnxcam.errors import LayerError, ModelError
 from onnxcam.graph import tokens
-from onnxcam.graph.contract import TensorInfo
+from onnxcam.graph.contract import TensorInfo, guess_layout
 from onnxcam.graph.dominators import dominator_chain, dominators
 from onnxcam.graph.load import FLOAT_TYPES
 from onnxcam.graph.topo import Shape, ancestors, elem_types, static_shapes
@@ -121,27 +121,6 @@ def _layout(shape: Shape | None, hint: str | None) -> str | None:
     if all(d == 1 for d in spatial) or any(d == 0 for d in spatial):
         return None
     return hint
-
-
-def guess_layout(shape: Shape | None) -> str | None:
-    """Layout of an image input from its shape alone: channels are rarely the two equal dims.
-
-    Only graph inputs are guessed; inside the graph the layout flows from convolution-like producers, so attention
-    maps (N, heads, L, L) are never taken for images.
-    """
-    if shape is None or len(shape) != 4:
-        return None
-    _, a, b, c = shape
-    colour_a, colour_c = a in (1, 3, 4), c in (1, 3, 4)
-    if colour_c and not colour_a:
-        return "NHWC"
-    if colour_a and not colour_c:
-        return "NCHW"
-    if isinstance(a, int) and b == c:
-        return "NCHW"
-    if isinstance(c, int) and a == b:
-        return "NHWC"
-    return None
 
 
 def find_score(model: onnx.ModelProto, output: str | None = None, probabilities: bool = False) -> tuple[str, str]:

@@ -9,7 +9,6 @@ and inferred shapes.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from onnx import ModelProto, helper, numpy_helper, shape_inference, version_conv
 
 from onnxcam.errors import ModelError
 from onnxcam.graph.contract import ModelSource
+from onnxcam.graph.contract import model_name as model_name
 from onnxcam.graph.quantized import dequantize_operators, infer_across_contrib_quantization
 
 # ScatterElements with reduction="add" (MaxPool's gradient) needs opset 16.
@@ -44,10 +44,6 @@ def load_model(source: ModelSource) -> ModelProto:
     dequantize_operators(model)  # integer ops -> DequantizeLinear, float op, QuantizeLinear
     _fold_constants(model)
     return _complete_by_run(_infer_shapes(model))
-
-
-def model_name(source: ModelSource) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else "<in-memory model>"
 
 
 def default_opset(model: ModelProto) -> int:

@@ -35,7 +35,7 @@ import numpy as np
 from onnxcam.errors import InputError, OnnxcamError
 from onnxcam.explainer import Explainer
 from onnxcam.files import OutputFolder, collect_inputs, printable, write_bytes
-from onnxcam.graph.load import ModelSource, model_name
+from onnxcam.graph.contract import ModelSource, model_name
 from onnxcam.images import ImageError, Preprocessing, preprocess, read_image, resolve_preprocessing, resolve_target
 from onnxcam.inputs import prepare_model
 from onnxcam.jobs.lock import OutputLock
@@ -234,7 +234,7 @@ def _side(tag: str, model: ModelSource, layer: str | Sequence[str] | None, devic
         raise InputError(f"model {tag} ({name}) is a {ex.task} model; compare explains classifiers (an (N, classes) "
                          "output)")
     _ = ex.layer  # a wrong --layer is a usage error before any image is read
-    spec = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout)
+    spec = resolve_preprocessing(ex.summary, ex.input_name, ex.input_layout)
     ex.preprocessing = spec
     classes = ex.classes
     if classes is None:  # a dynamic class axis: one forward of a blank image tells

@@ -31,7 +31,7 @@ import numpy as np
 from onnxcam import metrics as M
 from onnxcam.errors import InputError, OnnxcamError
 from onnxcam.explainer import Explainer
-from onnxcam.graph.load import ModelSource, model_name
+from onnxcam.graph.contract import ModelSource, model_name
 from onnxcam.images import (
     IMAGE_SUFFIXES,
     ImageError,
@@ -271,19 +271,19 @@ def evaluate(model: ModelSource, data: str | os.PathLike, methods: Sequence[str]
         raise InputError(f"insertion/deletion steps must be at least 1, got {steps}")
     if not road_percentages or any(not 0 < float(p) < 100 for p in road_percentages):
         raise InputError(f"ROAD percentages must lie strictly between 0 and 100, got {list(road_percentages)}")
-    prepared = prepare_model(explainer.model if explainer is not None else model, model_inputs)
+    prepared = prepare_model(explainer.view.facts.source if explainer is not None else model, model_inputs)
     ex = explainer or Explainer(prepared.model, layer=layer, device=device)
     flags = (bgr, resize_short, crop, letterbox, interpolation, pad_value)
     if preset is not None or explainer is None or any(v is not None for v in flags):
-        ex.preprocessing = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout, preset, bgr=bgr,
+        ex.preprocessing = resolve_preprocessing(ex.summary, ex.input_name, ex.input_layout, preset, bgr=bgr,
                                                  resize_short=resize_short, crop=crop, letterbox=letterbox,
                                                  interpolation=interpolation, pad_value=pad_value)
     act = M.activation_for(ex) if activation == "auto" else activation
     data_path = Path(data)
     notes: list[str] = []
     classes = ex.scores(_probe(ex)).shape[1]
-    found = find_labels(class_names, ex.model, classes)
-    notes += prepared.notes + preprocessing_problems(ex.model) + (metadata_problems(ex.model, classes)
+    found = find_labels(class_names, ex.summary, classes)
+    notes += prepared.notes + preprocessing_problems(ex.summary) + (metadata_problems(ex.summary, classes)
                                                                   if class_names is None else [])
     for line in (f"preprocessing: {ex.preprocessing.line()}", f"labels: {found.source}"):
         if on_info:

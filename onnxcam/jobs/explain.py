@@ -31,7 +31,7 @@ from onnxcam.files import (
     remove_stale_temporaries,
     write_bytes,
 )
-from onnxcam.graph.load import ModelSource, model_name
+from onnxcam.graph.contract import ModelSource, model_name
 from onnxcam.images import preprocess, preprocessing_problems, read_image, resolve_preprocessing
 from onnxcam.inputs import InputValue, prepare_model
 from onnxcam.jobs.lock import OutputLock
@@ -126,17 +126,17 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
     if explainer is not None and model_inputs:
         raise InputError("model inputs cannot be folded into a given explainer; make it from the model with the inputs "
                          "folded in (onnxcam.inputs.prepare_model)")
-    prepared = prepare_model(explainer.model if explainer is not None else model, model_inputs)
+    prepared = prepare_model(explainer.view.facts.source if explainer is not None else model, model_inputs)
     ex = explainer or Explainer(prepared.model, layer=layer, device=device, grid=grid, extra_tokens=extra_tokens)
     notes = list(prepared.notes) + list(ex.notes)  # e.g. NMS inside the graph: the raw predictions before it
-    spec_pre = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout, preset, mean, std, size, bgr, scale,
+    spec_pre = resolve_preprocessing(ex.summary, ex.input_name, ex.input_layout, preset, mean, std, size, bgr, scale,
                                      resize_short=resize_short, crop=crop, letterbox=letterbox,
                                      interpolation=interpolation, pad_value=pad_value)
     ex.preprocessing = spec_pre
     task = task or ex.task or "classify"
     classes = ex.classes if task == "classify" else None
-    found = find_labels(labels, ex.model, classes)
-    notes += preprocessing_problems(ex.model) + (metadata_problems(ex.model, classes) if labels is None else [])
+    found = find_labels(labels, ex.summary, classes)
+    notes += preprocessing_problems(ex.summary) + (metadata_problems(ex.summary, classes) if labels is None else [])
     plan = _plan(ex, task, target, top_k, mask, box, threshold, max_detections, reference, found.names, spec_pre,
                  notes)
     for line in (f"preprocessing: {spec_pre.line()}", f"labels: {found.source}"):

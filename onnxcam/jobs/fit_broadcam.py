@@ -29,8 +29,7 @@ import numpy as np
 
 from onnxcam.errors import InputError, LayerError
 from onnxcam.explainer import Explainer
-from onnxcam.graph.load import ModelSource
-from onnxcam.graph.topo import ancestors
+from onnxcam.graph.contract import ModelSource
 from onnxcam.images import model_labels, preprocess, read_image, read_labels
 from onnxcam.jobs.evaluate import find_images, read_label_rows
 from onnxcam.methods.broadcam import BroadcamFit
@@ -52,6 +51,8 @@ def ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
 def stage_layers(ex: Explainer) -> list[str]:
     """The last spatial feature map at each distinct spatial size that the score depends on, in graph order
     (for a ResNet: the output of each resolution stage)."""
+    from onnxcam.graph.topo import ancestors  # the graph code (and onnx) only when a fit runs
+
     needed = ancestors(list(ex.model.graph.node), ex.score)
     last: dict[tuple[object, ...], str] = {}
     for t in ex.tensors:
@@ -102,7 +103,7 @@ def read_dataset(ex: Explainer, data: str | os.PathLike, labels_csv: str | os.Pa
     csv_path = Path(labels_csv) if labels_csv is not None else folder / "labels.csv"
     if not csv_path.is_file():
         raise InputError(f"labels csv {csv_path} not found; pass --labels FILE (header 'file,class')")
-    names = read_labels(class_names) if class_names is not None else model_labels(ex.model)
+    names = read_labels(class_names) if class_names is not None else model_labels(ex.summary)
     if names is None and (folder / "classes.txt").is_file():
         names = read_labels(folder / "classes.txt")
     classes = len(names) if names else _score_width(ex)
