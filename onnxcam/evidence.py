@@ -179,13 +179,18 @@ class ModelView:
     def input_size(self, x: np.ndarray) -> tuple[int, int]:
         return (x.shape[2], x.shape[3]) if self.input_layout == "NCHW" else (x.shape[1], x.shape[2])
 
-    def detection_layout(self, shape: Sequence[int]) -> DetectionLayout:
-        """The layout of one image's detector output of `shape`: the model's metadata, else guessed."""
+    def detection_layout(self, shape: Sequence[int], input_size: Sequence[int] | None = None) -> DetectionLayout:
+        """The layout of one image's detector output of `shape` for inputs of `input_size` (H, W; default: the
+        input's static size): the model's metadata, else guessed."""
         labels = model_labels(self.model)
         has_nms = any(n.op_type == "NonMaxSuppression" for n in self.model.graph.node)
         post_nms = bool(selection_nodes(self.model, self.output)) if has_nms else None  # known from the graph
         classes = len(labels) if labels else nms_classes(self.model) if has_nms else None
-        return detection_layout(shape, model_metadata(self.model), classes, post_nms)
+        spatial = (self.input_shape or ())[1:3] if self.input_layout == "NHWC" else (self.input_shape or ())[2:4]
+        static = tuple(d for d in spatial if isinstance(d, int))
+        if input_size is None and len(static) == 2:
+            input_size = static
+        return detection_layout(shape, model_metadata(self.model), classes, post_nms, input_size)
 
     def check(self, x: Any) -> np.ndarray:
         array = check_input(x, self.input_name, self.input_shape, self.input_type)
@@ -473,6 +478,6 @@ class EvidenceBuilder:
                 all(isinstance(t, ClassifierOutputTarget) for t in targets):
             return None, categories(list(targets))
         outputs = v.outputs(x)
-        layout = v.detection_layout(outputs.shape[1:]) if v.task == "detect" else None
+        layout = v.detection_layout(outputs.shape[1:], v.input_size(x)) if v.task == "detect" else None
         objects = resolve_targets(targets, outputs, v.task, layout)
         return (None, targets) if objects is None else (objects, seeds(objects, outputs))

@@ -117,9 +117,10 @@ class Explainer:
     def input_size(self, x: np.ndarray) -> tuple[int, int]:
         return self.view.input_size(x)
 
-    def detection_layout(self, shape: Sequence[int]) -> DetectionLayout:
-        """The layout of one image's detector output of `shape`: the model's metadata, else guessed."""
-        return self.view.detection_layout(shape)
+    def detection_layout(self, shape: Sequence[int], input_size: Sequence[int] | None = None) -> DetectionLayout:
+        """The layout of one image's detector output of `shape` for inputs of `input_size` (H, W; default: the
+        input's static size; normalised boxes are scaled to it): the model's metadata, else guessed."""
+        return self.view.detection_layout(shape, input_size)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """The score tensor (logits by default) for a batch, (N, classes)."""
