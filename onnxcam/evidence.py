@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from onnxcam.errors import GradientError, InputError, LayerError, OnnxcamError
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.dense import nms_classes, prefer_pre_nms, selection_nodes, shared_head_input
 from onnxcam.graph.head import SCALE, biased_outputs, extract_head, linear_head_weights, pooled_channels
+from onnxcam.graph.joined import join_outputs
 from onnxcam.graph.load import ModelSource, load_model
 from onnxcam.graph.names import ModuleMap, enclosing_module, module_map, module_path, resolve_layer
 from onnxcam.graph.reverse.model import check_tensors, expose, image_input
@@ -52,7 +54,8 @@ class ModelView:
     onnxruntime sessions (one per need, kept for the object's life; `close` releases them)."""
 
     def __init__(self, model: ModelSource, layer: str | Sequence[str] | None = None,
-                 providers: Sequence[str] | None = None, device: str = "auto", output: str | None = None,
+                 providers: Sequence[str] | None = None, device: str = "auto",
+                 output: str | Sequence[str] | None = None,
                  probabilities: bool = False, grid: tuple[int, int] | None = None, extra_tokens: int | None = None,
                  extra_tokens_at: str = "start") -> None:
         self.token_options = TokenOptions(grid, extra_tokens, extra_tokens_at)
@@ -60,11 +63,19 @@ class ModelView:
         self.source = model if isinstance(model, (str, os.PathLike)) else None
         self.identity = model_identity(model)  # finds rewritten models in the cache (cheap for a file)
         self.model = load_model(model)
+        # several outputs explained as one (an instance's mask reads detections and prototypes): the first one's
+        # shape still says the task and the detection layout
+        self.parts: tuple[tuple[int, ...], ...] = ()
+        primary, chosen = None, output if output is None or isinstance(output, str) else None
+        if output is not None and not isinstance(output, str):
+            primary = list(output)[0]
+            self.model, chosen, self.parts = join_outputs(self.model, list(output))
         # a detector with NMS inside: explain the raw predictions before it (notes say so)
-        self.model, output, self.notes = prefer_pre_nms(self.model, output)
+        self.model, output, self.notes = prefer_pre_nms(self.model, chosen)
         self.tensors = catalogue(self.model)
         self.score, self.output = find_score(self.model, output, probabilities)
         self.output_option, self.probabilities = output, probabilities
+        self.primary = primary or self.output  # the output whose shape says the task and the detection layout
         self.layers = [t.name for t in self.tensors if t.spatial and t.op_type]
         try:
             self.default_layer = default_layer(self.model, self.score, self.tensors)
@@ -105,7 +116,7 @@ class ModelView:
         selected = meta is not None and meta.end2end or any(n.op_type in ("NonMaxSuppression", "TopK")
                                                             for n in self.model.graph.node)
         try:
-            return detection_scales(self.model, self.output, self.tensors, hw, selected=bool(selected))
+            return detection_scales(self.model, self.primary, self.tensors, hw, selected=bool(selected))
         except OnnxcamError:
             return []
 
@@ -141,7 +152,7 @@ class ModelView:
     @functools.cached_property
     def task(self) -> str | None:
         """classify / segment / detect / embed: the model's "task" metadata, else guessed from the output's rank."""
-        return guess_task(static_shapes(self.model.graph).get(self.output), model_metadata(self.model))
+        return guess_task(static_shapes(self.model.graph).get(self.primary), model_metadata(self.model))
 
     @functools.cached_property
     def model_id(self) -> str:
@@ -151,7 +162,7 @@ class ModelView:
     @functools.cached_property
     def classes(self) -> int | None:
         """The class count of an (N, classes) score output, else None."""
-        shape = static_shapes(self.model.graph).get(self.output)
+        shape = static_shapes(self.model.graph).get(self.primary)
         return shape[1] if shape is not None and len(shape) == 2 and isinstance(shape[1], int) else None
 
     @property
@@ -184,12 +195,15 @@ class ModelView:
         input's static size): the model's metadata, else guessed."""
         labels = model_labels(self.model)
         has_nms = any(n.op_type == "NonMaxSuppression" for n in self.model.graph.node)
-        post_nms = bool(selection_nodes(self.model, self.output)) if has_nms else None  # known from the graph
+        post_nms = bool(selection_nodes(self.model, self.primary)) if has_nms else None  # known from the graph
         classes = len(labels) if labels else nms_classes(self.model) if has_nms else None
         spatial = (self.input_shape or ())[1:3] if self.input_layout == "NHWC" else (self.input_shape or ())[2:4]
         static = tuple(d for d in spatial if isinstance(d, int))
         if input_size is None and len(static) == 2:
             input_size = static
+        if self.parts:  # the detections are the first part of the joined output
+            layout = detection_layout(self.parts[0], model_metadata(self.model), classes, post_nms, input_size)
+            return replace(layout, parts=self.parts)
         return detection_layout(shape, model_metadata(self.model), classes, post_nms, input_size)
 
     def check(self, x: Any) -> np.ndarray:

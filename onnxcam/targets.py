@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ import numpy as np
 from onnxcam.errors import InputError
 
 TASKS = ("classify", "segment", "detect", "embed")
+# what a detection's target is: its class score (DetectionTarget) or its instance mask (InstanceMaskTarget)
+DETECTION_TARGETS = ("score", "mask")
 # Methods that read a class head or class probabilities: meaningless for other targets.
 CLASS_ONLY_METHODS = frozenset({"cam", "broadcam", "opticam"})
 
@@ -316,6 +318,103 @@ class DetectionTarget(Target):
     def describe(self) -> str:
         box = "" if self.box is None else " box " + ",".join(f"{v:.0f}" for v in self.box)
         return f"detection {self.index} class {self.category}{box}"
+
+
+@dataclass
+class InstanceMaskTarget(DetectionTarget):
+    """The mask of detection `index` of an instance segmentation model (YOLOv8-seg style): the sum of its mask
+    logits (its coefficients times the prototypes, before the sigmoid) over the input pixels inside its box, the
+    logits resized to the input as Ultralytics' full-resolution masks are (bilinear; pixel i is inside when
+    x0 <= i < x1). It explains what makes the mask, where DetectionTarget explains the class score.
+
+    The output is the detections and the prototypes joined (`Explainer(model, output=[detections, prototypes])`;
+    its `detection_layout` has both parts); the target reads both, and its seed has one piece per output: the
+    row's coefficients get the prototypes summed over the box, the prototypes get the coefficients times the box's
+    weights. The box is fixed by `bind` from the clean output (post-NMS rows follow it by IoU, as DetectionTarget).
+    """
+
+    rows_weights: np.ndarray | None = field(default=None, compare=False, repr=False)
+    cols_weights: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def bind(self, output: np.ndarray) -> InstanceMaskTarget:
+        bound = DetectionTarget.bind(self, output)
+        layout = self.layout
+        if layout.extras != "masks" or len(layout.parts) != 2:
+            raise InputError("an instance mask target needs an instance segmentation model's detections (with mask "
+                             "coefficients) and prototypes explained together: Explainer(model, output=[detections,"
+                             " prototypes]) and its detection_layout")
+        if layout.input_size is None:
+            raise InputError("an instance mask target needs the input size: take the layout from "
+                             "Explainer.detection_layout(shape, input_size) or layout.at_input((H, W))")
+        prototypes, coefficients = layout.parts[1], layout.extra_columns(layout.rows(output).shape[1])
+        if len(prototypes) != 3 or coefficients.stop - coefficients.start != prototypes[0]:
+            raise InputError(f"{coefficients.stop - coefficients.start} mask coefficients per detection do not fit "
+                             f"prototypes of shape {prototypes} (expected (coefficients, h, w))")
+        assert bound.box is not None
+        rows, cols = box_weights(bound.box, layout.input_size, prototypes[1:])
+        return replace(self, category=bound.category, box=bound.box, rows_weights=rows, cols_weights=cols)
+
+    def __call__(self, output: np.ndarray) -> float:
+        bound = self._bound(output)
+        row = bound._row(output)
+        if row is None:
+            return 0.0
+        prototypes = bound.layout.part(output, 1).astype(np.float64)
+        return float(bound._coefficients(output, row) @ np.einsum("khw,hw->k", prototypes, bound._weights()))
+
+    def seed(self, output: np.ndarray) -> np.ndarray:
+        bound = self._bound(output)
+        layout = bound.layout
+        rows = layout.rows(output)
+        row_seed = np.zeros(rows.shape, np.float32)
+        prototypes = layout.part(output, 1).astype(np.float64)
+        prototype_seed = np.zeros(prototypes.shape, np.float32)
+        row = bound._row(output)
+        if row is not None:
+            weights = bound._weights()
+            row_seed[row, layout.extra_columns(rows.shape[1])] = np.einsum("khw,hw->k", prototypes, weights)
+            prototype_seed = bound._coefficients(output, row)[:, None, None] * weights[None]
+        return layout.output_seed(row_seed, prototype_seed)
+
+    def _bound(self, output: np.ndarray) -> InstanceMaskTarget:
+        return self if self.rows_weights is not None else self.bind(output)
+
+    def _weights(self) -> np.ndarray:
+        """(h, w): each prototype pixel's weight in the sum over the box at the input's resolution."""
+        assert self.rows_weights is not None and self.cols_weights is not None
+        return np.outer(self.rows_weights, self.cols_weights)
+
+    def _coefficients(self, output: np.ndarray, row: int) -> np.ndarray:
+        rows = self.layout.rows(output)
+        return rows[row, self.layout.extra_columns(rows.shape[1])].astype(np.float64)
+
+    def describe(self) -> str:
+        return "mask of " + super().describe()
+
+
+def box_weights(box: Sequence[float], input_size: Sequence[int], grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (h,) and (w,) over a map of `grid` (h, w) such that rows @ map @ cols is the sum, over the input
+    pixels inside `box` (x0, y0, x1, y1; pixel i is inside when x0 <= i < x1), of the map resized bilinearly to
+    `input_size` (H, W). Resizing is linear and separable, so the sum over a rectangle is this weighted sum."""
+    height, width = int(input_size[0]), int(input_size[1])
+    inside_rows = (np.arange(height) >= box[1]) & (np.arange(height) < box[3])
+    inside_cols = (np.arange(width) >= box[0]) & (np.arange(width) < box[2])
+    return (bilinear_matrix(int(grid[0]), height)[inside_rows].sum(axis=0),
+            bilinear_matrix(int(grid[1]), width)[inside_cols].sum(axis=0))
+
+
+def bilinear_matrix(source: int, target: int) -> np.ndarray:
+    """(target, source): bilinear resizing of a line of `source` values to `target` values as a matrix, with
+    half-pixel centres and the edge values repeated beyond the ends (OpenCV's INTER_LINEAR, PyTorch's
+    interpolate with align_corners False)."""
+    position = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0, source - 1)
+    left = np.minimum(np.floor(position).astype(np.int64), source - 1)
+    right = np.minimum(left + 1, source - 1)
+    fraction = position - left
+    matrix = np.zeros((target, source), np.float64)
+    np.add.at(matrix, (np.arange(target), left), 1 - fraction)
+    np.add.at(matrix, (np.arange(target), right), fraction)
+    return matrix
 
 
 def detection_targets(output: np.ndarray, layout: DetectionLayout, threshold: float | None = None,
@@ -732,7 +831,8 @@ class TargetPlan:
     classify: `category` for every image, the `top_k` best classes, or the predicted class (None); the job keeps
     the in-graph fast path for these. segment: the class's predicted region (`category`, default the dominant
     class) or `mask`. detect: detection row `box`, every detection scoring at least `threshold` (best first, at most
-    `max_detections`), the best of class `category`, or the best detection. embed: similarity to `reference`.
+    `max_detections`), the best of class `category`, or the best detection; `detection_target` "mask" explains
+    each one's instance mask (InstanceMaskTarget) instead of its class score. embed: similarity to `reference`.
     """
 
     task: str = "classify"
@@ -743,10 +843,17 @@ class TargetPlan:
     threshold: float | None = None
     max_detections: int = 20
     reference: np.ndarray | None = None
+    detection_target: str = "score"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise InputError(f"unknown task '{self.task}'; use one of {', '.join(TASKS)}")
+        if self.detection_target not in DETECTION_TARGETS:
+            raise InputError(f"unknown detection target '{self.detection_target}'; use one of "
+                             f"{', '.join(DETECTION_TARGETS)}")
+        if self.detection_target != "score" and self.task != "detect":
+            raise InputError(f"a detection's {self.detection_target} is explained for detection models (task detect),"
+                             f" not {self.task}")
         if self.box is not None and self.threshold is not None:
             raise InputError("give either a box or a threshold, not both")
         if self.top_k is not None and self.task != "classify":
@@ -783,12 +890,18 @@ class TargetPlan:
         if self.task == "detect":
             if self.box is None and self.threshold is None:
                 if self.category is not None:
-                    return [class_target("detect", self.category, output, layout)]
-                return [default_target("detect", output, layout)]
-            found: list[Target] = list(detection_targets(output, layout or guess_detection_layout(np.shape(output)),
-                                                         self.threshold, self.box))
-            found = [t for t in found if self.category is None or t.category == self.category]
-            return found[:self.max_detections]
+                    found = [class_target("detect", self.category, output, layout)]
+                else:
+                    found = [default_target("detect", output, layout)]
+            else:
+                found = list(detection_targets(output, layout or guess_detection_layout(np.shape(output)),
+                                               self.threshold, self.box))
+                found = [t for t in found if self.category is None or t.category == self.category]
+                found = found[:self.max_detections]
+            if self.detection_target == "mask":
+                return [InstanceMaskTarget(t.index, t.category, t.layout).bind(output) for t in found
+                        if isinstance(t, DetectionTarget)]
+            return found
         return [class_target("classify", self.category, output) if self.category is not None
                 else default_target("classify", output)]
 
@@ -799,6 +912,9 @@ class TargetPlan:
         def digest(array: np.ndarray | None) -> str | None:
             return None if array is None else hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
 
-        return {"task": self.task, "category": self.category, "top_k": self.top_k, "mask": digest(self.mask),
-                "box": self.box, "threshold": self.threshold, "max_detections": self.max_detections,
-                "reference": digest(self.reference)}
+        described = {"task": self.task, "category": self.category, "top_k": self.top_k, "mask": digest(self.mask),
+                     "box": self.box, "threshold": self.threshold, "max_detections": self.max_detections,
+                     "reference": digest(self.reference)}
+        if self.detection_target != "score":  # only then: earlier runs' manifests stay the same
+            described["detection_target"] = self.detection_target
+        return described
