@@ -128,9 +128,9 @@ class DetectionLayout:
 
     post_nms False (raw predictions, one per anchor/cell): rows of 4 box values, then an objectness when
     `objectness`, then one score per class; `attributes_first` when the output is (attributes, boxes) (YOLOv8
-    style) rather than (boxes, attributes) (YOLOv5 style). box: "cxcywh" or "xyxy".
-    post_nms True: rows of 4 box values (`box`: "xyxy" for NMS outputs and end-to-end heads, "cxcywh" for RT-DETR's
-    selected queries), score, class (and a 7th column, the batch index, ignored).
+    style) rather than (boxes, attributes) (YOLOv5 style). box: "cxcywh" (the default) or "xyxy".
+    post_nms True: rows of 4 box values (`box`: "xyxy", the default, for NMS outputs and end-to-end heads, "cxcywh"
+    for RT-DETR's selected queries), score, class (and a 7th column, the batch index, ignored).
     classes: how many class scores follow (None: every remaining column); after them come `extras`:
     "masks" (instance segmentation: mask coefficients, e.g. YOLOv8-seg's 32), "keypoints" (pose: x, y, visibility
     per keypoint) or "angle" (oriented boxes: one rotation in radians; the box then is the rotated box's
@@ -144,13 +144,17 @@ class DetectionLayout:
 
     attributes_first: bool = False
     objectness: bool = True
-    box: str = "cxcywh"
+    box: str = ""  # "": the usual form of the rows, corners for post_nms rows, else centre and size
     post_nms: bool = False
     classes: int | None = None
     extras: str = ""
     normalised: bool = False
     input_size: tuple[int, int] | None = None
     parts: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.box:
+            object.__setattr__(self, "box", "xyxy" if self.post_nms else "cxcywh")
 
     def at_input(self, size: Sequence[int] | None) -> DetectionLayout:
         """This layout for inputs of `size` (H, W): where normalised boxes are scaled to and masks are cropped."""
