@@ -15,8 +15,9 @@ input as Ultralytics' full-resolution masks) inside its box. It reads both outpu
 - joining the outputs changes nothing for the class-score target; the mask target's maps differ from it;
 - `onnxcam explain --detection-target mask` gives one map per instance, named by the metadata's names; models
   without prototypes are refused in one line;
-- with Ultralytics installed, the value equals the sum of Ultralytics' own full-resolution mask logits
-  (ultralytics.utils.ops.scale_masks + crop_mask) inside the box.
+- with Ultralytics installed (`/work/venvs/ultra/bin/python -m pytest tests/test_instance_mask.py`), the value
+  equals the sum of Ultralytics' own full-resolution mask logits (ultralytics.utils.ops.scale_masks + crop_mask)
+  inside the box, and an end-to-end YOLO26-seg exported afresh (selected rows, coefficients after the class) works.
 """
 
 from __future__ import annotations
@@ -262,3 +263,40 @@ def test_value_matches_ultralytics_mask_logits(joined: onnxcam.Explainer) -> Non
         cropped = ops.crop_mask(full, torch.tensor([target.box], dtype=torch.float32))
         assert target(out) == pytest.approx(float(cropped.sum()), rel=1e-4)
     assert onnx.load(str(SEG), load_external_data=False).metadata_props  # the export's metadata is there
+
+
+def test_end_to_end_segmenter_ultralytics(tmp_path: Path) -> None:
+    """YOLO26-seg exported afresh (Ultralytics installed): an end-to-end head whose 300 selected rows are x0, y0,
+    x1, y1, score, class, then the 32 coefficients. The mask target reads the coefficients after the class, its
+    value is the box sum from the plain outputs, and a job maps each instance."""
+    pytest.importorskip("ultralytics")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ultralytics_export", ROOT / "models" / "ultralytics" / "export.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.forbid_network()
+    path = module.export("segment", tmp_path, out=tmp_path, family="26", source="yolo26-seg.yaml", target="seg26.onnx")
+    assert not module._attempts
+    ex = onnxcam.Explainer(path, output=list(detections_and_prototypes(path)), providers=["CPUExecutionProvider"])
+    x = _image(2)
+    out = ex.outputs(x)[0]
+    layout = ex.detection_layout(out.shape)
+    assert layout.post_nms and layout.parts == ((300, 38), (32, 32, 32))
+    assert layout.extra_columns(38) == slice(6, 38)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output0, output1 = session.run(None, {"images": x})
+    target = InstanceMaskTarget(0, layout=layout).bind(out)
+    assert target.box is not None and target.category == int(output0[0, 0, 5])
+    logits = np.tensordot(output0[0, 0, 6:].astype(np.float64), output1[0].astype(np.float64), axes=1)
+    resized = cv2.resize(logits, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    ys, xs = np.arange(SIZE)[:, None], np.arange(SIZE)[None, :]
+    box = target.box
+    inside = (xs >= box[0]) & (xs < box[2]) & (ys >= box[1]) & (ys < box[3])
+    assert target(out) == pytest.approx(float(resized[inside].sum()), rel=1e-6)
+    summary = explain(path, [ROOT / "examples" / "images" / "03_ring.png"], tmp_path / "out", methods=["layercam"],
+                      detection_target="mask", threshold=0.0, max_detections=2, device="cpu")
+    assert summary.failed == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["target_kind"].startswith("mask of detection") for r in records)
