@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,7 +63,8 @@ class ModelView:
     """
 
     def __init__(self, model: ModelSource, layer: str | Sequence[str] | None = None,
-                 providers: Sequence[str] | None = None, device: str = "auto", output: str | None = None,
+                 providers: Sequence[str] | None = None, device: str = "auto",
+                 output: str | Sequence[str] | None = None,
                  probabilities: bool = False, grid: tuple[int, int] | None = None, extra_tokens: int | None = None,
                  extra_tokens_at: str = "start") -> None:
         self.token_options = TokenOptions(grid, extra_tokens, extra_tokens_at)
@@ -70,13 +72,18 @@ class ModelView:
         self.source = model if isinstance(model, (str, os.PathLike)) else None
         self.facts = model_facts(model)  # finds the model's facts and rewritten models in the cache
         self.identity = self.facts.identity
-        self.output_option, self.probabilities = output, probabilities
+        self.requested, self.probabilities = output, probabilities
         self._model: onnx.ModelProto | None = None
         self._scope = f"view {output!r} {probabilities}"  # the questions' scope: a chosen output changes answers
-        known = self.ask("survey", lambda: self._survey(output, probabilities))
+        known = self.ask("survey", self._survey)
         self.notes: list[str] = known["notes"]
         self.tensors: list[TensorInfo] = tensor_infos(known)
         self.score, self.output = known["score"], known["output"]
+        self.output_option = known["chosen"]  # the output as the prepared model names it (None: the first)
+        # several outputs explained as one (an instance's mask reads detections and prototypes): the first one's
+        # shape still says the task and the detection layout
+        self.parts: tuple[tuple[int, ...], ...] = tuple(tuple(part) for part in known["parts"])
+        self.primary: str = known["primary"] or self.output
         self.layers = [t.name for t in self.tensors if t.spatial and t.op_type]
         if known["default_layer"] is None and layer is None:
             raise LayerError(known["default_layer_problem"])
@@ -88,7 +95,9 @@ class ModelView:
         self.input_shape = info.shape
         self.input_layout = info.layout or "NCHW"
         self.input_type = INPUT_TYPES.get(known["input_elem_type"], "tensor(float)")
-        self.output_shape = None if known["output_shape"] is None else tuple(known["output_shape"])
+        # the explained output's declared shape (of the first of joined outputs: it says the task and classes)
+        self.output_shape = next((t.shape for t in self.tensors if t.name == self.primary), None) \
+            if self.parts else None if known["output_shape"] is None else tuple(known["output_shape"])
         self._known = known
         self.graph_outputs: list[str] = known["graph_outputs"]
         self.layouts = {t.name: t.layout for t in self.tensors}
@@ -106,24 +115,37 @@ class ModelView:
     # --- the parsed model and its facts ---------------------------------------------------------------------------
     @property
     def model(self) -> onnx.ModelProto:
-        """The loaded, normalised model (with a detector's raw predictions before NMS exposed), parsed on first
-        use: a warm run needs none of it."""
+        """The loaded, normalised model (with a detector's raw predictions before NMS exposed, several outputs
+        joined into one), parsed on first use: a warm run needs none of it."""
         if self._model is None:
-            from onnxcam.graph.dense import prefer_pre_nms
-
-            self._model, _, _ = prefer_pre_nms(self.facts.model, self.output_option)
+            self._model = self._prepared()[0]
         return self._model
 
     def ask(self, question: str, compute: Callable[[], Any]) -> Any:
         """The model's stored answer to `question` (asked of this view's model), else `compute()`, stored."""
         return self.facts.ask(f"{self._scope}: {question}", compute)
 
-    def _survey(self, output: str | None, probabilities: bool) -> dict[str, Any]:
+    def _prepared(self) -> tuple[onnx.ModelProto, str | None, list[str], tuple[tuple[int, ...], ...]]:
+        """(the model as explained, the output it names, notes, the joined outputs' shapes per image)."""
         from onnxcam.graph.dense import prefer_pre_nms
+        from onnxcam.graph.joined import join_outputs
+
+        model, output = self.facts.model, self.requested
+        parts: tuple[tuple[int, ...], ...] = ()
+        if output is not None and not isinstance(output, str):
+            model, output, parts = join_outputs(model, list(output))
+        # a detector with NMS inside: explain the raw predictions before it (notes say so)
+        model, output, notes = prefer_pre_nms(model, output)
+        return model, output, notes, parts
+
+    def _survey(self) -> dict[str, Any]:
         from onnxcam.graph.survey import survey
 
-        self._model, chosen, notes = prefer_pre_nms(self.facts.model, output)
-        return {**survey(self._model, chosen, probabilities), "notes": notes}
+        self._model, chosen, notes, parts = self._prepared()
+        requested = self.requested
+        primary = None if requested is None or isinstance(requested, str) else list(requested)[0]
+        return {**survey(self._model, chosen, self.probabilities), "notes": notes, "chosen": chosen,
+                "parts": [list(part) for part in parts], "primary": primary}
 
     @property
     def summary(self) -> ModelSummary:
@@ -154,7 +176,7 @@ class ModelView:
             from onnxcam.graph.survey import scales
 
             try:
-                return scales(self.model, self.output, self.tensors, hw, bool(selected))
+                return scales(self.model, self.primary, self.tensors, hw, bool(selected))
             except OnnxcamError:
                 return []
         return scales_from(self.ask(f"scales {hw} {bool(selected)}", compute))
@@ -249,12 +271,20 @@ class ModelView:
     def input_size(self, x: np.ndarray) -> tuple[int, int]:
         return (x.shape[2], x.shape[3]) if self.input_layout == "NCHW" else (x.shape[1], x.shape[2])
 
-    def detection_layout(self, shape: Sequence[int]) -> DetectionLayout:
-        """The layout of one image's detector output of `shape`: the model's metadata, else guessed."""
+    def detection_layout(self, shape: Sequence[int], input_size: Sequence[int] | None = None) -> DetectionLayout:
+        """The layout of one image's detector output of `shape` for inputs of `input_size` (H, W; default: the
+        input's static size): the model's metadata, else guessed."""
         labels = model_labels(self.summary)
         post_nms, nms_classes = self._known["post_nms"], self._known["nms_classes"]
         classes = len(labels) if labels else nms_classes if post_nms is not None else None
-        return detection_layout(shape, self.metadata, classes, post_nms)
+        spatial = (self.input_shape or ())[1:3] if self.input_layout == "NHWC" else (self.input_shape or ())[2:4]
+        static = tuple(d for d in spatial if isinstance(d, int))
+        if input_size is None and len(static) == 2:
+            input_size = static
+        if self.parts:  # the detections are the first part of the joined output
+            layout = detection_layout(self.parts[0], self.metadata, classes, post_nms, input_size)
+            return replace(layout, parts=self.parts)
+        return detection_layout(shape, self.metadata, classes, post_nms, input_size)
 
     def check(self, x: Any) -> np.ndarray:
         array = check_input(x, self.input_name, self.input_shape, self.input_type)
@@ -565,6 +595,6 @@ class EvidenceBuilder:
                 all(isinstance(t, ClassifierOutputTarget) for t in targets):
             return None, categories(list(targets))
         outputs = v.outputs(x)
-        layout = v.detection_layout(outputs.shape[1:]) if v.task == "detect" else None
+        layout = v.detection_layout(outputs.shape[1:], v.input_size(x)) if v.task == "detect" else None
         objects = resolve_targets(targets, outputs, v.task, layout)
         return (None, targets) if objects is None else (objects, seeds(objects, outputs))

@@ -26,9 +26,11 @@ class Explainer:
     model: a path, bytes or a loaded onnx.ModelProto. layer: a tensor name, a PyTorch module path the exporter
     recorded ("layer4.1", "layer4[-1]"), or a list of them (maps are averaged over layers); None picks
     `default_layer`. device: auto, cpu, cuda or tensorrt (or `providers`, onnxruntime's list). output /
-    probabilities: which output to explain and whether to differentiate after its
-    Softmax/Sigmoid. grid / extra_tokens / extra_tokens_at: token layers of transformers where inference is
-    ambiguous: the patch grid (h, w), the number of class/distillation/register tokens, "start" or "end".
+    probabilities: which output to explain (several: explained as one, each flattened per image and
+    concatenated, e.g. an instance segmentation model's detections and mask prototypes for
+    `targets.InstanceMaskTarget`) and whether to differentiate after its Softmax/Sigmoid. grid / extra_tokens /
+    extra_tokens_at: token layers of transformers where inference is ambiguous: the patch grid (h, w), the number
+    of class/distillation/register tokens, "start" or "end".
 
     Sessions are made on first use and kept; use the explainer as a context manager (or call `close`) to release
     them. Example::
@@ -39,7 +41,8 @@ class Explainer:
     """
 
     def __init__(self, model: ModelSource, layer: str | Sequence[str] | None = None,
-                 providers: Sequence[str] | None = None, device: str = "auto", output: str | None = None,
+                 providers: Sequence[str] | None = None, device: str = "auto",
+                 output: str | Sequence[str] | None = None,
                  probabilities: bool = False, grid: tuple[int, int] | None = None, extra_tokens: int | None = None,
                  extra_tokens_at: str = "start") -> None:
         self.view = ModelView(model, layer, providers, device, output, probabilities, grid, extra_tokens,
@@ -119,9 +122,10 @@ class Explainer:
     def input_size(self, x: np.ndarray) -> tuple[int, int]:
         return self.view.input_size(x)
 
-    def detection_layout(self, shape: Sequence[int]) -> DetectionLayout:
-        """The layout of one image's detector output of `shape`: the model's metadata, else guessed."""
-        return self.view.detection_layout(shape)
+    def detection_layout(self, shape: Sequence[int], input_size: Sequence[int] | None = None) -> DetectionLayout:
+        """The layout of one image's detector output of `shape` for inputs of `input_size` (H, W; default: the
+        input's static size; normalised boxes are scaled to it): the model's metadata, else guessed."""
+        return self.view.detection_layout(shape, input_size)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """The score tensor (logits by default) for a batch, (N, classes)."""

@@ -57,6 +57,7 @@ from onnxcam.labels import (  # noqa: F401  (class names live in onnxcam.labels;
     resolve_target,
 )
 from onnxcam.opencv import MAX_PIXELS, cv2
+from onnxcam.targets import is_rtdetr
 
 if TYPE_CHECKING:
     import onnx
@@ -424,7 +425,7 @@ def _own_field(key: str, value: Any) -> dict[str, Any]:
 def _ultralytics_metadata(meta: dict[str, str], strict: bool = False) -> tuple[dict[str, Any], str]:
     """Ultralytics exports (YOLOv5u/v8/11, any task) carry imgsz, stride, task, names (and channels): their
     predictor letterboxes to imgsz with grey 114 and feeds RGB x/255; classifiers are resized (short side) and
-    centre-cropped to imgsz instead."""
+    centre-cropped to imgsz instead, RT-DETR's images stretched to imgsz."""
     raw = meta.get("imgsz")
     maker = (meta.get("author", "") + " " + meta.get("description", "")).lower()
     if not raw or ("stride" not in meta and "ultralytics" not in maker):
@@ -440,6 +441,8 @@ def _ultralytics_metadata(meta: dict[str, str], strict: bool = False) -> tuple[d
     out: dict[str, Any] = {**PRESETS["yolo"], "size": list(size)}
     if task == "classify":
         out.update(resize="short", short_side=max(size), interpolation="bilinear")
+    if is_rtdetr(meta):  # its predictor stretches the image to imgsz (scale_fill), no letterbox
+        out["resize"] = "stretch"
     if meta.get("channels", "").strip() == "1":
         out["channels"] = 1
     return out, f"Ultralytics imgsz {list(size)}, task {task}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ import numpy as np
 from onnxcam.errors import InputError
 
 TASKS = ("classify", "segment", "detect", "embed")
+# what a detection's target is: its class score (DetectionTarget) or its instance mask (InstanceMaskTarget)
+DETECTION_TARGETS = ("score", "mask")
 # Methods that read a class head or class probabilities: meaningless for other targets.
 CLASS_ONLY_METHODS = frozenset({"cam", "broadcam", "opticam"})
 
@@ -126,27 +128,64 @@ class DetectionLayout:
 
     post_nms False (raw predictions, one per anchor/cell): rows of 4 box values, then an objectness when
     `objectness`, then one score per class; `attributes_first` when the output is (attributes, boxes) (YOLOv8
-    style) rather than (boxes, attributes) (YOLOv5 style). box: "cxcywh" or "xyxy", in input pixels.
-    post_nms True: rows x0, y0, x1, y1, score, class (and a 7th column, the batch index, ignored).
+    style) rather than (boxes, attributes) (YOLOv5 style). box: "cxcywh" (the default) or "xyxy".
+    post_nms True: rows of 4 box values (`box`: "xyxy", the default, for NMS outputs and end-to-end heads, "cxcywh"
+    for RT-DETR's selected queries), score, class (and a 7th column, the batch index, ignored).
     classes: how many class scores follow (None: every remaining column); after them come `extras`:
     "masks" (instance segmentation: mask coefficients, e.g. YOLOv8-seg's 32), "keypoints" (pose: x, y, visibility
     per keypoint) or "angle" (oriented boxes: one rotation in radians; the box then is the rotated box's
     cx, cy, w, h and `decode` gives its axis-aligned bounds).
+    normalised: the box values are fractions of the input's width and height (RT-DETR), not input pixels;
+    `decode` scales them by `input_size` (H, W), which must then be known (`at_input`).
+    parts: the output explained joins several model outputs (each flattened per image, in order): their shapes
+    per image, the detections first (instance segmentation: then the mask prototypes); empty when the output is
+    the detections alone.
     """
 
     attributes_first: bool = False
     objectness: bool = True
-    box: str = "cxcywh"
+    box: str = ""  # "": the usual form of the rows, corners for post_nms rows, else centre and size
     post_nms: bool = False
     classes: int | None = None
     extras: str = ""
+    normalised: bool = False
+    input_size: tuple[int, int] | None = None
+    parts: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.box:
+            object.__setattr__(self, "box", "xyxy" if self.post_nms else "cxcywh")
+
+    def at_input(self, size: Sequence[int] | None) -> DetectionLayout:
+        """This layout for inputs of `size` (H, W): where normalised boxes are scaled to and masks are cropped."""
+        return self if size is None else replace(self, input_size=(int(size[0]), int(size[1])))
 
     def rows(self, output: np.ndarray) -> np.ndarray:
         """One image's output as (boxes, attributes)."""
-        output = np.asarray(output)
+        output = self.part(output, 0) if self.parts else np.asarray(output)
         if output.ndim != 2:
             raise InputError(f"a detection output per image must be 2-D (boxes x attributes), got {output.shape}")
         return output.T if self.attributes_first else output
+
+    def part(self, output: np.ndarray, index: int) -> np.ndarray:
+        """Part `index` of one image's joined output, in its own shape."""
+        flat = np.asarray(output).reshape(-1)
+        sizes = [int(np.prod(shape)) for shape in self.parts]
+        if flat.size != sum(sizes):
+            raise InputError(f"the joined output has {flat.size} values per image; its parts "
+                             f"{', '.join(str(tuple(s)) for s in self.parts)} hold {sum(sizes)}")
+        start = sum(sizes[:index])
+        return flat[start:start + sizes[index]].reshape(self.parts[index])
+
+    def output_seed(self, row_seeds: np.ndarray, *more: np.ndarray) -> np.ndarray:
+        """A seed shaped like one image's output from a seed of its rows (boxes, attributes) and, for a joined
+        output, seeds of its other parts in order (zeros where not given)."""
+        detections = row_seeds.T if self.attributes_first else row_seeds
+        if not self.parts:
+            return detections
+        pieces = [detections.reshape(-1)] + [np.asarray(m, np.float32).reshape(-1) for m in more]
+        pieces += [np.zeros(int(np.prod(shape)), np.float32) for shape in self.parts[len(pieces):]]
+        return np.concatenate(pieces).astype(np.float32)
 
     def class_offset(self) -> int:
         return 5 if self.objectness else 4
@@ -157,7 +196,10 @@ class DetectionLayout:
         return slice(offset, attributes if self.classes is None else min(attributes, offset + self.classes))
 
     def extra_columns(self, attributes: int) -> slice:
-        """The columns after the class scores (mask coefficients, keypoints, angle); empty when there are none."""
+        """The columns after the class scores (mask coefficients, keypoints, angle); empty when there are none.
+        Selected rows (post_nms) keep them after the box, score and class."""
+        if self.post_nms:
+            return slice(6 if self.extras else attributes, attributes)
         return slice(self.class_columns(attributes).stop, attributes)
 
 
@@ -169,10 +211,11 @@ class Detections:
 
 
 def decode(output: np.ndarray, layout: DetectionLayout) -> Detections:
-    """Every prediction of one image's output: boxes as corners, the best class and its score."""
+    """Every prediction of one image's output: boxes as corners in input pixels, the best class and its score."""
     rows = layout.rows(output).astype(np.float64)
+    boxes = _in_pixels(rows[:, :4], layout)
     if layout.post_nms:
-        return Detections(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64))
+        return Detections(_corners(boxes, layout.box), rows[:, 4], rows[:, 5].astype(np.int64))
     columns = layout.class_columns(rows.shape[1])
     if columns.stop <= columns.start or (layout.classes is not None and columns.stop - columns.start < layout.classes):
         wanted = "at least one" if layout.classes is None else str(layout.classes)
@@ -182,8 +225,31 @@ def decode(output: np.ndarray, layout: DetectionLayout) -> Detections:
     best = classes.argmax(axis=1)
     scores = classes[np.arange(len(rows)), best] * (rows[:, 4] if layout.objectness else 1.0)
     if layout.extras == "angle":
-        return Detections(_rotated_bounds(rows[:, :4], rows[:, columns.stop]), scores, best)
-    return Detections(_corners(rows[:, :4], layout.box), scores, best)
+        return Detections(_rotated_bounds(boxes, rows[:, columns.stop]), scores, best)
+    return Detections(_corners(boxes, layout.box), scores, best)
+
+
+# how far outside [0, 1] a normalised box value may stray (boxes overhanging the image) before the claim that the
+# boxes are fractions of the input is taken to be wrong
+_NORMALISED_SLACK = 0.5
+
+
+def _in_pixels(boxes: np.ndarray, layout: DetectionLayout) -> np.ndarray:
+    """The 4 box values of each row in input pixels: normalised ones (x and w by the width, y and h by the
+    height) scaled by the layout's input size."""
+    if not layout.normalised:
+        return boxes
+    if layout.input_size is None:
+        raise InputError("this detector's boxes are fractions of the input size, which the layout does not know; "
+                         "take the layout from Explainer.detection_layout(shape, input_size) or "
+                         "layout.at_input((H, W))")
+    finite = boxes[np.isfinite(boxes)]
+    if finite.size and (finite.min() < -_NORMALISED_SLACK or finite.max() > 1 + _NORMALISED_SLACK):
+        raise InputError(f"the model's metadata says its boxes are fractions of the input size, but its output "
+                         f"has box values from {finite.min():.4g} to {finite.max():.4g}; fix the metadata "
+                         "(onnxcam 'detection': normalised false) if its boxes are in pixels")
+    height, width = layout.input_size
+    return boxes * np.array([width, height, width, height], np.float64)
 
 
 @dataclass
@@ -228,7 +294,7 @@ class DetectionTarget(Target):
                 seed[row, column] = values[4] if self.layout.objectness else 1.0
                 if self.layout.objectness:
                     seed[row, 4] = values[column]
-        return seed.T if self.layout.attributes_first else seed
+        return self.layout.output_seed(seed)
 
     def _score(self, values: np.ndarray) -> float:
         if self.layout.post_nms:
@@ -258,6 +324,103 @@ class DetectionTarget(Target):
         return f"detection {self.index} class {self.category}{box}"
 
 
+@dataclass
+class InstanceMaskTarget(DetectionTarget):
+    """The mask of detection `index` of an instance segmentation model (YOLOv8-seg style): the sum of its mask
+    logits (its coefficients times the prototypes, before the sigmoid) over the input pixels inside its box, the
+    logits resized to the input as Ultralytics' full-resolution masks are (bilinear; pixel i is inside when
+    x0 <= i < x1). It explains what makes the mask, where DetectionTarget explains the class score.
+
+    The output is the detections and the prototypes joined (`Explainer(model, output=[detections, prototypes])`;
+    its `detection_layout` has both parts); the target reads both, and its seed has one piece per output: the
+    row's coefficients get the prototypes summed over the box, the prototypes get the coefficients times the box's
+    weights. The box is fixed by `bind` from the clean output (post-NMS rows follow it by IoU, as DetectionTarget).
+    """
+
+    rows_weights: np.ndarray | None = field(default=None, compare=False, repr=False)
+    cols_weights: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def bind(self, output: np.ndarray) -> InstanceMaskTarget:
+        bound = DetectionTarget.bind(self, output)
+        layout = self.layout
+        if layout.extras != "masks" or len(layout.parts) != 2:
+            raise InputError("an instance mask target needs an instance segmentation model's detections (with mask "
+                             "coefficients) and prototypes explained together: Explainer(model, output=[detections,"
+                             " prototypes]) and its detection_layout")
+        if layout.input_size is None:
+            raise InputError("an instance mask target needs the input size: take the layout from "
+                             "Explainer.detection_layout(shape, input_size) or layout.at_input((H, W))")
+        prototypes, coefficients = layout.parts[1], layout.extra_columns(layout.rows(output).shape[1])
+        if len(prototypes) != 3 or coefficients.stop - coefficients.start != prototypes[0]:
+            raise InputError(f"{coefficients.stop - coefficients.start} mask coefficients per detection do not fit "
+                             f"prototypes of shape {prototypes} (expected (coefficients, h, w))")
+        assert bound.box is not None
+        rows, cols = box_weights(bound.box, layout.input_size, prototypes[1:])
+        return replace(self, category=bound.category, box=bound.box, rows_weights=rows, cols_weights=cols)
+
+    def __call__(self, output: np.ndarray) -> float:
+        bound = self._bound(output)
+        row = bound._row(output)
+        if row is None:
+            return 0.0
+        prototypes = bound.layout.part(output, 1).astype(np.float64)
+        return float(bound._coefficients(output, row) @ np.einsum("khw,hw->k", prototypes, bound._weights()))
+
+    def seed(self, output: np.ndarray) -> np.ndarray:
+        bound = self._bound(output)
+        layout = bound.layout
+        rows = layout.rows(output)
+        row_seed = np.zeros(rows.shape, np.float32)
+        prototypes = layout.part(output, 1).astype(np.float64)
+        prototype_seed = np.zeros(prototypes.shape, np.float32)
+        row = bound._row(output)
+        if row is not None:
+            weights = bound._weights()
+            row_seed[row, layout.extra_columns(rows.shape[1])] = np.einsum("khw,hw->k", prototypes, weights)
+            prototype_seed = bound._coefficients(output, row)[:, None, None] * weights[None]
+        return layout.output_seed(row_seed, prototype_seed)
+
+    def _bound(self, output: np.ndarray) -> InstanceMaskTarget:
+        return self if self.rows_weights is not None else self.bind(output)
+
+    def _weights(self) -> np.ndarray:
+        """(h, w): each prototype pixel's weight in the sum over the box at the input's resolution."""
+        assert self.rows_weights is not None and self.cols_weights is not None
+        return np.outer(self.rows_weights, self.cols_weights)
+
+    def _coefficients(self, output: np.ndarray, row: int) -> np.ndarray:
+        rows = self.layout.rows(output)
+        return rows[row, self.layout.extra_columns(rows.shape[1])].astype(np.float64)
+
+    def describe(self) -> str:
+        return "mask of " + super().describe()
+
+
+def box_weights(box: Sequence[float], input_size: Sequence[int], grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (h,) and (w,) over a map of `grid` (h, w) such that rows @ map @ cols is the sum, over the input
+    pixels inside `box` (x0, y0, x1, y1; pixel i is inside when x0 <= i < x1), of the map resized bilinearly to
+    `input_size` (H, W). Resizing is linear and separable, so the sum over a rectangle is this weighted sum."""
+    height, width = int(input_size[0]), int(input_size[1])
+    inside_rows = (np.arange(height) >= box[1]) & (np.arange(height) < box[3])
+    inside_cols = (np.arange(width) >= box[0]) & (np.arange(width) < box[2])
+    return (bilinear_matrix(int(grid[0]), height)[inside_rows].sum(axis=0),
+            bilinear_matrix(int(grid[1]), width)[inside_cols].sum(axis=0))
+
+
+def bilinear_matrix(source: int, target: int) -> np.ndarray:
+    """(target, source): bilinear resizing of a line of `source` values to `target` values as a matrix, with
+    half-pixel centres and the edge values repeated beyond the ends (OpenCV's INTER_LINEAR, PyTorch's
+    interpolate with align_corners False)."""
+    position = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0, source - 1)
+    left = np.minimum(np.floor(position).astype(np.int64), source - 1)
+    right = np.minimum(left + 1, source - 1)
+    fraction = position - left
+    matrix = np.zeros((target, source), np.float64)
+    np.add.at(matrix, (np.arange(target), left), 1 - fraction)
+    np.add.at(matrix, (np.arange(target), right), fraction)
+    return matrix
+
+
 def detection_targets(output: np.ndarray, layout: DetectionLayout, threshold: float | None = None,
                       index: int | None = None, iou: float = 0.5) -> list[DetectionTarget]:
     """Targets for one image: detection `index`, or every detection scoring >= threshold after greedy per-class
@@ -282,17 +445,20 @@ def guess_detection_layout(shape: Sequence[int], classes: int | None = None, met
                            post_nms: bool | None = None) -> DetectionLayout:
     """The layout of one image's detector output (boxes x attributes either way round).
 
-    The model's "detection" metadata (JSON: layout "attributes_first"/"boxes_first", box, objectness, post_nms)
-    wins. Rows of 6 or 7 values read as post-NMS detections unless the class count or `post_nms` (known from the
-    graph) says otherwise. Otherwise the shorter axis holds the attributes; with `classes` known, objectness is
-    present when there are 5 + classes attributes, else YOLOv5's convention (boxes first: objectness) or YOLOv8's
-    (attributes first: none) is assumed.
+    The model's "detection" metadata (JSON: layout "attributes_first"/"boxes_first", box, objectness, post_nms,
+    normalised) wins; its box defaults to "xyxy" for post-NMS rows, else "cxcywh". Rows of 6 or 7 values read as
+    post-NMS detections unless the class count or `post_nms` (known from the graph) says otherwise. Otherwise the
+    shorter axis holds the attributes; with `classes` known, objectness is present when there are 5 + classes
+    attributes, else YOLOv5's convention (boxes first: objectness) or YOLOv8's (attributes first: none) is
+    assumed.
     """
     if metadata:
         spec = json.loads(metadata)
+        selected = bool(spec.get("post_nms", False))
         return DetectionLayout(attributes_first=spec.get("layout", "boxes_first") == "attributes_first",
-                               objectness=bool(spec.get("objectness", True)), box=spec.get("box", "cxcywh"),
-                               post_nms=bool(spec.get("post_nms", False)))
+                               objectness=bool(spec.get("objectness", True)),
+                               box=spec.get("box", "xyxy" if selected else "cxcywh"), post_nms=selected,
+                               normalised=bool(spec.get("normalised", False)))
     if len(shape) != 2:
         raise InputError(f"a detection output per image must be 2-D (boxes x attributes), got {tuple(shape)}")
     raw_sizes = (4 + classes, 5 + classes) if classes is not None else ()
@@ -306,17 +472,21 @@ def guess_detection_layout(shape: Sequence[int], classes: int | None = None, met
 
 
 def detection_layout(shape: Sequence[int], metadata: Mapping[str, str] | None = None, classes: int | None = None,
-                     post_nms: bool | None = None) -> DetectionLayout:
+                     post_nms: bool | None = None, input_size: Sequence[int] | None = None) -> DetectionLayout:
     """The layout of one image's detector output of `shape` from the model's metadata: onnxcam's "detection"
-    entry, else Ultralytics' (task, names, kpt_shape, end2end), else guessed (`guess_detection_layout`).
-    post_nms: known from the graph (NMS inside it, or its raw predictions exposed), None when it is not."""
+    entry, else Ultralytics' (task, names, kpt_shape, end2end, head), else guessed (`guess_detection_layout`).
+    post_nms: known from the graph (NMS inside it, or its raw predictions exposed), None when it is not.
+    input_size: the model input's (H, W), which normalised boxes are fractions of."""
     meta = metadata or {}
     if meta.get("detection"):
-        return guess_detection_layout(shape, classes, meta["detection"], post_nms)
-    info = ultralytics_info(meta)
-    if info is not None and info.task in ULTRALYTICS_DETECTORS:
-        return ultralytics_layout(info, shape, post_nms)
-    return guess_detection_layout(shape, classes, None, post_nms)
+        layout = guess_detection_layout(shape, classes, meta["detection"], post_nms)
+    else:
+        info = ultralytics_info(meta)
+        if info is not None and info.task in ULTRALYTICS_DETECTORS:
+            layout = ultralytics_layout(info, shape, post_nms)
+        else:
+            layout = guess_detection_layout(shape, classes, None, post_nms)
+    return layout.at_input(input_size)
 
 
 # --- Ultralytics exports --------------------------------------------------------------------------------------------
@@ -335,6 +505,7 @@ class UltralyticsInfo:
     stride: int | None                    # the largest stride of its feature maps
     kpt_shape: tuple[int, int] | None     # pose: (keypoints, values per keypoint: 2 or 3)
     end2end: bool                         # NMS-free head: rows are final detections (x0, y0, x1, y1, score, class)
+    detr: bool = False                    # RT-DETR's decoder: boxes cx, cy, w, h as fractions of the input
 
 
 def ultralytics_info(metadata: Mapping[str, str] | None) -> UltralyticsInfo | None:
@@ -363,22 +534,36 @@ def ultralytics_info(metadata: Mapping[str, str] | None) -> UltralyticsInfo | No
         if isinstance(stride, (int, float)) else None,
         (int(kpt_shape[0]), int(kpt_shape[1])) if isinstance(kpt_shape, (list, tuple)) and len(kpt_shape) == 2
         else None,
-        str(meta.get("end2end", "False")).strip().lower() == "true")
+        str(meta.get("end2end", "False")).strip().lower() == "true",
+        is_rtdetr(meta))
+
+
+def is_rtdetr(meta: Mapping[str, str]) -> bool:
+    """Whether an Ultralytics export is RT-DETR: its "head" metadata, or (exports before that key) the model name
+    its description starts with ("Ultralytics rtdetr-l model ...")."""
+    head = meta.get("head")
+    if head:
+        return head == "RTDETRDecoder"
+    words = meta.get("description", "").lower().split()
+    return len(words) > 1 and words[0] == "ultralytics" and words[1].startswith("rtdetr")
 
 
 def ultralytics_layout(info: UltralyticsInfo, shape: Sequence[int], post_nms: bool | None = None) -> DetectionLayout:
     """The layout of an Ultralytics detector's output per image: (4 + classes + extras, boxes) for raw predictions,
     where the extras are 32 mask coefficients (segment), the keypoints (pose) or an angle (obb); (boxes, 6 +
-    extras) for end-to-end heads. The class count comes from the names, so extras are never taken as classes."""
+    extras) for end-to-end heads. The class count comes from the names, so extras are never taken as classes.
+    RT-DETR (`rtdetr_layout`) is told by its metadata, or by its selected rows where the metadata says end2end
+    False (no other Ultralytics head selects rows without being end-to-end)."""
     if len(shape) != 2:
         raise InputError(f"a detection output per image must be 2-D (boxes x attributes), got {tuple(shape)}")
     extras = _ULTRALYTICS_EXTRAS[info.task]
     classes = len(info.names)
-    # rows already selected (x0, y0, x1, y1, score, class [+ extras]): end-to-end heads, and RT-DETR exports whose
-    # metadata says end2end False although their decoder picks 300 queries
     extra_count = {"": 0, "angle": 1, "keypoints": int(np.prod(info.kpt_shape or (0,)))}.get(extras, 0)
     selected_rows = extras != "masks" and min(shape) == 6 + extra_count and 4 + classes + extra_count != min(shape)
-    if post_nms or (post_nms is None and (info.end2end or selected_rows)):
+    if info.detr or (selected_rows and not info.end2end and not post_nms):
+        return rtdetr_layout(shape, classes)
+    # rows already selected (x0, y0, x1, y1, score, class [+ extras]): end-to-end heads
+    if post_nms or (post_nms is None and info.end2end):
         return DetectionLayout(False, objectness=False, box="xyxy", post_nms=True, classes=classes, extras=extras)
     attributes = min(shape)
     wanted = 4 + classes + {"": 0, "angle": 1, "keypoints": int(np.prod(info.kpt_shape or (0,)))}.get(extras, 0)
@@ -388,6 +573,20 @@ def ultralytics_layout(info: UltralyticsInfo, shape: Sequence[int], post_nms: bo
                          f"output of {tuple(shape)}: rows of 4 box values + {classes} class scores"
                          f"{detail.get(extras, '')} expected; re-export the model or fix its metadata")
     return DetectionLayout(shape[0] < shape[1], objectness=False, box="cxcywh", classes=classes, extras=extras)
+
+
+def rtdetr_layout(shape: Sequence[int], classes: int) -> DetectionLayout:
+    """Ultralytics' RT-DETR exports: one row per query, boxes cx, cy, w, h as fractions of the input (its
+    predictor multiplies them by the image's width and height, having stretched the image to the input). Since
+    Ultralytics 8.4 the decoder's top-k is in the graph: 300 rows cx, cy, w, h, score, class (selected, like
+    post-NMS rows); earlier exports give every query's sigmoid class scores, (300, 4 + classes)."""
+    if shape[1] == 6:
+        return DetectionLayout(False, objectness=False, box="cxcywh", post_nms=True, classes=classes,
+                               normalised=True)
+    if shape[1] != 4 + classes:
+        raise InputError(f"an RT-DETR output per image is (queries, 6) or (queries, 4 + {classes} classes), got "
+                         f"{tuple(shape)}; re-export the model or fix its metadata")
+    return DetectionLayout(False, objectness=False, box="cxcywh", classes=classes, normalised=True)
 
 
 def instance_mask(coefficients: np.ndarray, prototypes: np.ndarray, box: Sequence[float],
@@ -636,7 +835,8 @@ class TargetPlan:
     classify: `category` for every image, the `top_k` best classes, or the predicted class (None); the job keeps
     the in-graph fast path for these. segment: the class's predicted region (`category`, default the dominant
     class) or `mask`. detect: detection row `box`, every detection scoring at least `threshold` (best first, at most
-    `max_detections`), the best of class `category`, or the best detection. embed: similarity to `reference`.
+    `max_detections`), the best of class `category`, or the best detection; `detection_target` "mask" explains
+    each one's instance mask (InstanceMaskTarget) instead of its class score. embed: similarity to `reference`.
     """
 
     task: str = "classify"
@@ -647,10 +847,17 @@ class TargetPlan:
     threshold: float | None = None
     max_detections: int = 20
     reference: np.ndarray | None = None
+    detection_target: str = "score"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise InputError(f"unknown task '{self.task}'; use one of {', '.join(TASKS)}")
+        if self.detection_target not in DETECTION_TARGETS:
+            raise InputError(f"unknown detection target '{self.detection_target}'; use one of "
+                             f"{', '.join(DETECTION_TARGETS)}")
+        if self.detection_target != "score" and self.task != "detect":
+            raise InputError(f"a detection's {self.detection_target} is explained for detection models (task detect),"
+                             f" not {self.task}")
         if self.box is not None and self.threshold is not None:
             raise InputError("give either a box or a threshold, not both")
         if self.top_k is not None and self.task != "classify":
@@ -687,12 +894,18 @@ class TargetPlan:
         if self.task == "detect":
             if self.box is None and self.threshold is None:
                 if self.category is not None:
-                    return [class_target("detect", self.category, output, layout)]
-                return [default_target("detect", output, layout)]
-            found: list[Target] = list(detection_targets(output, layout or guess_detection_layout(np.shape(output)),
-                                                         self.threshold, self.box))
-            found = [t for t in found if self.category is None or t.category == self.category]
-            return found[:self.max_detections]
+                    found = [class_target("detect", self.category, output, layout)]
+                else:
+                    found = [default_target("detect", output, layout)]
+            else:
+                found = list(detection_targets(output, layout or guess_detection_layout(np.shape(output)),
+                                               self.threshold, self.box))
+                found = [t for t in found if self.category is None or t.category == self.category]
+                found = found[:self.max_detections]
+            if self.detection_target == "mask":
+                return [InstanceMaskTarget(t.index, t.category, t.layout).bind(output) for t in found
+                        if isinstance(t, DetectionTarget)]
+            return found
         return [class_target("classify", self.category, output) if self.category is not None
                 else default_target("classify", output)]
 
@@ -703,6 +916,9 @@ class TargetPlan:
         def digest(array: np.ndarray | None) -> str | None:
             return None if array is None else hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
 
-        return {"task": self.task, "category": self.category, "top_k": self.top_k, "mask": digest(self.mask),
-                "box": self.box, "threshold": self.threshold, "max_detections": self.max_detections,
-                "reference": digest(self.reference)}
+        described = {"task": self.task, "category": self.category, "top_k": self.top_k, "mask": digest(self.mask),
+                     "box": self.box, "threshold": self.threshold, "max_detections": self.max_detections,
+                     "reference": digest(self.reference)}
+        if self.detection_target != "score":  # only then: earlier runs' manifests stay the same
+            described["detection_target"] = self.detection_target
+        return described

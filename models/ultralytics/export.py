@@ -10,7 +10,7 @@ decoding, the segmentation prototypes, the pose and angle heads.
 
     python -m venv --system-site-packages /work/venvs/ultra      # ultralytics pulls opencv-python, which would
     /work/venvs/ultra/bin/pip install ultralytics                # clash with opencv-python-headless in the main env
-    /work/venvs/ultra/bin/python models/ultralytics/export.py
+    /work/venvs/ultra/bin/python models/ultralytics/export.py            # all; or name some: ... export.py rtdetr
 
 Any network access (a DNS lookup or a connection) during building or export makes the script fail: Ultralytics is
 told it is offline (YOLO_OFFLINE) and sockets are refused, so nothing can be downloaded.
@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 WIDTH = 0.0625  # YOLOv8n: 0.25
 DEPTH = 0.33    # as YOLOv8n
 IMGSZ = 128
+RTDETR_IMGSZ = 160  # a multiple of 32 (RT-DETR's largest stride); Ultralytics' RT-DETR takes square inputs only
 # task -> Ultralytics yaml (in ultralytics/cfg/models/v8) and the file written here
 MODELS = {"detect": ("yolov8.yaml", "yolov8n.onnx"), "segment": ("yolov8-seg.yaml", "yolov8n-seg.onnx"),
           "classify": ("yolov8-cls.yaml", "yolov8n-cls.onnx"), "pose": ("yolov8-pose.yaml", "yolov8n-pose.onnx"),
@@ -84,11 +85,48 @@ def export(task: str, folder: Path, out: Path = HERE, family: str = "v8", source
     return path
 
 
-def main() -> None:
+def export_rtdetr(folder: Path, out: Path = HERE, target: str = "rtdetr.onnx") -> Path:
+    """RT-DETR from Ultralytics' rtdetr-l.yaml, narrowed to stay under 1 MB: the HGNet backbone's channels / 8
+    (its HGBlock and HGStem channels are not scaled by the width multiple), the neck at width 0.0625, AIFI's
+    feed-forward 64 wide with 4 heads, the decoder 32 wide, 4 heads, 1 layer (rtdetr-l: 256, 8, 6), still 300
+    queries and its GridSample deformable attention; 8 classes, 160 x 160 input. Exported as it ships: one output
+    (1, 300, 6) of selected queries cx, cy, w, h (fractions of the input), score, class."""
+    import torch
+    import ultralytics
+    import yaml
+    from ultralytics import RTDETR
+
+    spec = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg" / "models" / "rt-detr" / "rtdetr-l.yaml")
+                          .read_text())
+    spec["scales"] = {"l": [DEPTH, WIDTH, 1024]}
+    spec["nc"] = len(labels())
+    for layer in spec["backbone"]:  # [from, repeats, module, args]: HGStem [cm, c2], HGBlock [cm, c2, ...], DWConv [c2]
+        channels = {"HGStem": 2, "HGBlock": 2, "DWConv": 1}.get(layer[2], 0)
+        layer[3] = [max(8, c // 8) for c in layer[3][:channels]] + layer[3][channels:]
+    for layer in spec["head"]:
+        if layer[2] == "AIFI":
+            layer[3] = [64, 4]
+        if layer[2] == "RTDETRDecoder":  # nc, hidden dim, queries, decoder points, heads, decoder layers, ffn
+            layer[3] = ["nc", 32, 300, 4, 4, 1, 64]
+    config = folder / "rtdetr-l.yaml"  # "l": the only scale the yaml has
+    config.write_text(yaml.safe_dump(spec))
+    torch.manual_seed(0)
+    with contextlib.chdir(folder):
+        model = RTDETR(str(config))
+        model.model.names = dict(enumerate(labels()))
+        exported = model.export(format="onnx", imgsz=RTDETR_IMGSZ, batch=1, dynamic=False, simplify=False,
+                                half=False, device="cpu", verbose=False)
+        path = out / target
+        shutil.copyfile(exported, path)
+    return path
+
+
+def main(names: list[str]) -> None:
+    """Export the models named (tasks of MODELS, or rtdetr), default all."""
     forbid_network()
     with tempfile.TemporaryDirectory() as tmp:
-        for task in MODELS:
-            path = export(task, Path(tmp))
+        for task in names or [*MODELS, "rtdetr"]:
+            path = export_rtdetr(Path(tmp)) if task == "rtdetr" else export(task, Path(tmp))
             print(f"{task}: {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if _attempts:
         raise SystemExit(f"network access was attempted: {', '.join(_attempts)}")
@@ -96,4 +134,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

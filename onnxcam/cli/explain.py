@@ -106,6 +106,9 @@ def explain(
                                                     "this, one map each.")] = None,
     max_detections: Annotated[int, typer.Option(min=1, help="Detection: at most this many detections per image "
                                                 "with --threshold, the best first.")] = 20,
+    detection_target: Annotated[str, typer.Option(help="Detection: what to explain about each detection: score "
+                                                  "(its class score) or mask (instance segmentation: its mask, "
+                                                  "the sum of its mask logits inside its box).")] = "score",
     reference: Annotated[Path | None, typer.Option(help="Embeddings: explain the cosine similarity to this "
                                                    "image's embedding.")] = None,
     fit: Annotated[Path | None, typer.Option(help="BroadCAM: the weights file from 'onnxcam fit broadcam'.")] = None,
@@ -129,7 +132,8 @@ def explain(
             summary = run_explain(
                 model, inputs, out, methods=methods, layer=layers[0] if len(layers) == 1 else layers or None,
                 target=target, top_k=top_k, task=task, mask=mask, box=box, threshold=threshold,
-                max_detections=max_detections, reference=reference, batch_size=batch_size, preset=preset,
+                max_detections=max_detections, detection_target=detection_target, reference=reference,
+                batch_size=batch_size, preset=preset,
                 mean=floats(mean, "--mean"), std=floats(std, "--std"), size=size_option(size), bgr=bgr, scale=scale,
                 grid=parse_grid(grid) if grid else None, extra_tokens=extra_tokens, labels=names, device=device,
                 alpha=alpha, colormap=colormap, resume=resume, on_start=progress.on_start,

@@ -86,14 +86,16 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
             interpolation: str | None = None, pad_value: float | None = None,
             model_inputs: Mapping[str, InputValue] | None = None,
             on_info: Callable[[str], None] | None = None,
-            on_progress: Callable[[float], None] | None = None) -> Summary:
+            on_progress: Callable[[float], None] | None = None, detection_target: str = "score") -> Summary:
     """Explain image files with `methods`; see the module docstring for what is written. Returns a Summary.
 
     task: classify / segment / detect / embed (None: the model's metadata, else its output's rank).
     target: a class index or label (classify: that class; segment: its region; detect: its best box, or only its
     detections with threshold); top_k: the k best classes (classifiers); mask: a mask image (segmentation);
     box: one detection row; threshold: every detection scoring at least this, best first, at most
-    max_detections; reference: an image whose embedding the similarity is measured to.
+    max_detections; detection_target: "score" (each detection's class score) or "mask" (instance segmentation: its
+    mask, targets.InstanceMaskTarget; the model's detections and prototypes are explained together);
+    reference: an image whose embedding the similarity is measured to.
     preset, mean, std, size, bgr, scale, resize_short, crop, letterbox, interpolation, pad_value: preprocessing
     (onnxcam.images.resolve_preprocessing; None: the model's metadata, else a guess). labels: a file or a list
     (None: the model's metadata, else ImageNet-1k names for 1000 classes; onnxcam.labels). model_inputs: values of
@@ -127,7 +129,13 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
         raise InputError("model inputs cannot be folded into a given explainer; make it from the model with the inputs "
                          "folded in (onnxcam.inputs.prepare_model)")
     prepared = prepare_model(explainer.view.facts.source if explainer is not None else model, model_inputs)
-    ex = explainer or Explainer(prepared.model, layer=layer, device=device, grid=grid, extra_tokens=extra_tokens)
+    # an instance's mask reads two outputs: explain the detections and the prototypes as one
+    joined = list(_detections_and_prototypes(prepared.model)) if detection_target == "mask" else None
+    ex = explainer or Explainer(prepared.model, layer=layer, device=device, grid=grid, extra_tokens=extra_tokens,
+                                output=joined)
+    if joined is not None and not ex.view.parts:
+        raise InputError("the given explainer explains one output; make it with output=[detections, prototypes] to "
+                         "explain instance masks")
     notes = list(prepared.notes) + list(ex.notes)  # e.g. NMS inside the graph: the raw predictions before it
     spec_pre = resolve_preprocessing(ex.summary, ex.input_name, ex.input_layout, preset, mean, std, size, bgr, scale,
                                      resize_short=resize_short, crop=crop, letterbox=letterbox,
@@ -138,7 +146,7 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
     found = find_labels(labels, ex.summary, classes)
     notes += preprocessing_problems(ex.summary) + (metadata_problems(ex.summary, classes) if labels is None else [])
     plan = _plan(ex, task, target, top_k, mask, box, threshold, max_detections, reference, found.names, spec_pre,
-                 notes)
+                 notes, detection_target)
     for line in (f"preprocessing: {spec_pre.line()}", f"labels: {found.source}"):
         if on_info:
             on_info(line)
@@ -282,14 +290,14 @@ def _explainer_options(ex: Explainer) -> dict[str, Any]:
 
 def _plan(ex: Explainer, task: str, target: int | str | None, top_k: int | None, mask: str | os.PathLike | None,
           box: int | None, threshold: float | None, max_detections: int, reference: str | os.PathLike | None,
-          labels: list[str] | None, spec: Any, notes: list[str]) -> TargetPlan:
+          labels: list[str] | None, spec: Any, notes: list[str], detection_target: str = "score") -> TargetPlan:
     classes = ex.classes if task == "classify" else None
     category = resolve_target(str(target), labels, classes, notes) if target is not None else None
     if top_k is not None and classes is not None and top_k > classes:
         raise InputError(f"top_k {top_k} is more than the model's {classes} classes")
     mask_pixels = _read_mask(mask) if mask is not None else None
     anchor = ex.outputs(preprocess(read_image(reference), spec))[0] if reference is not None else None
-    return TargetPlan(task, category, top_k, mask_pixels, box, threshold, max_detections, anchor)
+    return TargetPlan(task, category, top_k, mask_pixels, box, threshold, max_detections, anchor, detection_target)
 
 
 def _manifest(model: ModelSource, ex: Explainer, spec: RunSpec, folded: dict[str, Any] | None) -> dict[str, Any]:
@@ -307,6 +315,12 @@ def _manifest(model: ModelSource, ex: Explainer, spec: RunSpec, folded: dict[str
             "labels": None if spec.labels is None else len(spec.labels), "labels_source": spec.labels_source,
             "layer_modules": [ex.module_path(name) for name in ex.layer], "alpha": spec.alpha,
             "colormap": spec.colormap}
+
+
+def _detections_and_prototypes(source: ModelSource) -> tuple[str, str]:
+    from onnxcam.graph.joined import detections_and_prototypes  # the graph code only for mask targets
+
+    return detections_and_prototypes(source)
 
 
 def _read_mask(path: str | os.PathLike) -> np.ndarray:

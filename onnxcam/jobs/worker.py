@@ -193,7 +193,8 @@ class Worker:
         explained in batches of at most batch_size."""
         spec = self.spec
         outputs = self.ex.outputs(x)
-        layout = self.ex.detection_layout(outputs.shape[1:]) if spec.plan.task == "detect" else None
+        layout = self.ex.detection_layout(outputs.shape[1:], self.ex.input_size(x)) if spec.plan.task == "detect" \
+            else None
         per_image: list[Any] = []
         pairs: list[tuple[int, int, Target]] = []  # (row, k, target)
         for row in range(len(x)):
