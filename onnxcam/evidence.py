@@ -492,9 +492,11 @@ class EvidenceBuilder:
         """Scores of the head for a batch of features (B, K, h, w); with `scale` (B, K, 1, 1), of one image's
         features (1, K, h, w) times each scale row, built inside the runtime."""
         v = self.view
+        batch = len(features) if scale is None else len(scale)
+        if batch > 1 and v.batch_limit == 1:  # exported for one image (Ultralytics' static exports): row by row
+            return self._head_rows(layer, x, extras, features, image, scale)
         session, extra = v.head_session(layer, scale is not None)
         feeds = {layer: np.ascontiguousarray(v.from_nchw(layer, features, image), np.float32)}
-        batch = len(features) if scale is None else len(scale)
         if scale is not None:
             feeds[SCALE] = np.ascontiguousarray(v.from_nchw(layer, scale, image, per_channel=True), np.float32)
         if extra:  # the head's inputs from before the layer: one forward per image, not per batch of copies
@@ -508,11 +510,15 @@ class EvidenceBuilder:
                 feeds[name] = np.repeat(value, batch, axis=0) if per_image else value
         scores = session.run([v.score], feeds)[0]
         if len(scores) != batch and batch > 1:  # the head's shapes were computed for one image: row by row
-            return np.concatenate([self._head_scores(layer, x, extras,
-                                                     features if scale is not None else features[j:j + 1],
-                                                     image, None if scale is None else scale[j:j + 1])
-                                   for j in range(batch)])
+            return self._head_rows(layer, x, extras, features, image, scale)
         return scores.reshape(batch, -1)
+
+    def _head_rows(self, layer: str, x: np.ndarray, extras: dict[int, list[Any]], features: np.ndarray, image: int,
+                   scale: np.ndarray | None) -> np.ndarray:
+        rows = len(features) if scale is None else len(scale)
+        return np.concatenate([self._head_scores(layer, x, extras, features if scale is not None else features[j:j + 1],
+                                                 image, None if scale is None else scale[j:j + 1])
+                               for j in range(rows)])
 
     def _channel_ablation_fn(self, layer: str, x: np.ndarray, chosen: np.ndarray, objects: Any,
                              acts: dict[str, np.ndarray]) -> Callable[[int, np.ndarray], np.ndarray] | None:

@@ -473,3 +473,27 @@ def test_explain_an_ultralytics_export_with_no_flags(tmp_path: Path) -> None:
     for record in records:
         assert np.load(out / record["paths"]["map"]).max() > 0
         assert len(record["box"]) == 4
+
+
+
+@pytest.mark.parametrize("method", ["ablationcam", "reciprocam"])
+def test_head_re_running_methods_on_a_static_batch_of_one(method: str, tmp_path: Path) -> None:
+    """Exports with a static batch of one (Ultralytics' are) take one image: Ablation-CAM and ReciproCAM re-run the
+    head for many variants of one image's features, which then go row by row (onnxruntime refused the batch
+    before). The maps are the dynamic-batch model's. (The committed YOLOv8n has random weights whose outputs do
+    not move with its features, so the trained shapes detector, pinned to batch 1, shows it.)"""
+    model = onnx.load(str(ROOT / "models" / "shapes_detector.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        output.type.tensor_type.shape.dim[0].dim_value = 1
+    pinned = tmp_path / "shapes_detector_batch1.onnx"
+    onnx.save(model, str(pinned))
+    static = onnxcam.Explainer(str(pinned), device="cpu")
+    dynamic = onnxcam.Explainer(str(ROOT / "models" / "shapes_detector.onnx"), device="cpu")
+    assert static.view.batch_limit == 1 and dynamic.view.batch_limit is None
+    x = static.preprocess([cv2.cvtColor(cv2.imread(str(ROOT / "examples" / "images" / "08_ring_triangle.png")),
+                                        cv2.COLOR_BGR2RGB)])
+    maps = static.explain(x, method)
+    assert maps.max() > maps.min()
+    np.testing.assert_allclose(maps, dynamic.explain(x, method), atol=1e-5)
