@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from onnxcam.errors import GradientError, InputError, LayerError
-from onnxcam.facts import model_facts
+from onnxcam.facts import model_facts, release
 from onnxcam.graph.contract import (
     INPUT_TYPES,
     SCALE,
@@ -354,6 +354,7 @@ class ModelView:
     def close(self) -> None:
         """Release every onnxruntime session (and the memory they hold); the next call makes them anew."""
         self.sessions.clear()
+        release(self.facts)  # the process no longer keeps the parsed model for a next explainer of it
 
     # --- layouts --------------------------------------------------------------------------------------------------
     def to_nchw(self, layer: str, array: np.ndarray) -> np.ndarray:

@@ -70,22 +70,29 @@ class ModelFacts:
         def compute() -> dict[str, Any]:
             from onnxcam.graph.summary import summarize
 
-            return summarize(self._model if self._model is not None else self._peek()).to_json()
+            return summarize(self._loaded_or_peeked()).to_json()
         return ModelSummary.from_json(self.ask("summary", compute))
 
-    def _peek(self) -> onnx.ModelProto:
-        """The model as the file has it (no normalising, no external weights): enough to read its inputs and
-        metadata, and a model whose inputs are refused is never normalised."""
+    def _loaded_or_peeked(self) -> onnx.ModelProto:
+        """The model, loaded (a job goes on to explain it: one parse serves both), else as the file has it, when
+        it cannot be loaded: its inputs may say why (a text model, an unbatched image), which a user should read
+        rather than a loading error."""
         import os
 
         import onnx
 
-        if not isinstance(self.source, (str, os.PathLike)) or not os.path.isfile(self.source):
-            return self.model  # bytes and protos; a missing file is said by load_model, as everywhere
+        from onnxcam.errors import ModelError
+
         try:
-            return onnx.load(os.fspath(self.source), load_external_data=False)
-        except Exception:  # protobuf's DecodeError and friends: load_model says what is wrong
             return self.model
+        except ModelError:
+            if not isinstance(self.source, (str, os.PathLike)) or not os.path.isfile(self.source):
+                raise
+            try:
+                return onnx.load(os.fspath(self.source), load_external_data=False)
+            except Exception:  # protobuf's DecodeError and friends: load_model's message says it better
+                pass
+            raise
 
     def _file(self) -> object:
         return self.source if isinstance(self.source, (str,)) or hasattr(self.source, "__fspath__") else None
@@ -93,6 +100,7 @@ class ModelFacts:
 
 _known: weakref.WeakValueDictionary[str, ModelFacts] = weakref.WeakValueDictionary()
 _known_lock = threading.Lock()
+_recent: list[ModelFacts] = []  # the last model asked about, kept: a job's checks hand its parse to the explainer
 
 
 def model_facts(source: ModelSource, identity: str | None = None) -> ModelFacts:
@@ -103,4 +111,34 @@ def model_facts(source: ModelSource, identity: str | None = None) -> ModelFacts:
         facts = _known.get(identity)
         if facts is None:
             facts = _known[identity] = ModelFacts(source, identity)
+        _recent[:] = [facts]
     return facts
+
+
+def release(facts: ModelFacts | None = None) -> None:
+    """Stop keeping `facts` (None: whichever is kept) alive: what holds it still has it."""
+    with _known_lock:
+        if facts is None or facts in _recent:
+            _recent.clear()
+
+
+def prefetch_graph_code(source: ModelSource) -> None:
+    """Start importing the graph code (and onnx, whose import alone can take half a second) on a thread when the
+    model's facts are not in the cache: a first run needs it, and the import overlaps the rest of the start-up
+    (onnx's extension modules release the interpreter while they load). A warm run starts nothing."""
+    try:
+        if read_facts(model_identity(source)):
+            return
+    except Exception:  # a missing or unreadable file is said where it is used
+        return
+    threading.Thread(target=_import_graph_code, name="onnxcam-prefetch", daemon=True).start()
+
+
+def _import_graph_code() -> None:
+    import importlib
+
+    for module in ("onnx", "onnxcam.graph.load", "onnxcam.graph.survey", "onnxcam.graph.reverse.model"):
+        try:
+            importlib.import_module(module)
+        except Exception:  # the main thread's own import says what is wrong
+            return

@@ -40,6 +40,7 @@ from onnxcam.cache import (
     warn_unwritable,
 )
 from onnxcam.errors import ModelError, OnnxcamError
+from onnxcam.facts import release
 
 if TYPE_CHECKING:
     import onnx
@@ -348,9 +349,10 @@ def shared_session(key: Hashable, build: Callable[[], T]) -> T:
 
 def clear_cache() -> None:
     """Release the sessions that `onnxcam.gradients` and `onnxcam.relevance` keep between calls (the on-disk
-    cache stays: see `clean_cache`)."""
+    cache stays: see `clean_cache`), and the parsed model kept for the next explainer of it."""
     with _shared_lock:
         _shared.clear()
+    release()
 
 
 _FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}

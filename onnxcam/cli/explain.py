@@ -114,6 +114,9 @@ def explain(
     fit: Annotated[Path | None, typer.Option(help="BroadCAM: the weights file from 'onnxcam fit broadcam'.")] = None,
 ) -> None:
     """Explain images: overlays (.png), maps (.npy), results.jsonl, run.json and report.html in OUT."""
+    from onnxcam.facts import prefetch_graph_code
+
+    prefetch_graph_code(model)  # a first run of this model imports the graph code while the rest starts
     from onnxcam.jobs.explain import explain as run_explain
     from onnxcam.jobs.fit_broadcam import fit_options
     from onnxcam.tokens import parse_grid
