@@ -82,37 +82,44 @@ def grid_sample(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     # grid's last axis lists coordinates innermost first: component j addresses spatial axis rank - 1 - j
     axes = [_axis(b, x, grid, b.op("Gather", flat_grid, b.ints([rank - 1 - k]), axis=1), 2 + k, kernel, padding,
                   corners) for k in range(rank)]
-    mixed = b.elem_type(x) != b.elem_type(grid)  # GridSample allows the grid another float type than the input
-    shape = [0] + [kernel.taps] * rank + [-1]
-    spread = [_spread(b, a.index, k, rank) for k, a in enumerate(axes)]
-    index = b.op("Reshape", _total(b, "Add", [b.op("Mul", i, _stride(b, x, k, rank)) for k, i in enumerate(spread)]),
-                 b.ints([0, 1, kernel.taps ** rank, -1]))
-    weight = _total(b, "Mul", [_spread(b, a.weight, k, rank) for k, a in enumerate(axes)])
+    by_corner = b.ints([0, 1, kernel.taps ** rank, -1])  # every combination of the axes' taps: a corner
+    index = b.op("Reshape", _total(b, "Add", [b.op("Mul", _spread(b, a.index, k, rank), _stride(b, x, k, rank))
+                                              for k, a in enumerate(axes)]), by_corner)
+    weight = b.op("Reshape", _total(b, "Mul", [_spread(b, a.weight, k, rank) for k, a in enumerate(axes)]), by_corner)
 
-    pixels = b.op("Reshape", x, b.ints([0, 0, -1]))                       # (N, C, S)
-    dy = b.unsqueeze(b.op("Reshape", g, b.ints([0, 0, -1])), [2])         # (N, C, 1, P)
-    updates = b.op("Mul", dy, _cast(b, b.op("Reshape", weight, b.ints([0, 1, kernel.taps ** rank, -1])), x, mixed))
+    pixels = b.op("Reshape", x, b.ints([0, 0, -1]))                            # (N, C, S)
+    dy = b.unsqueeze(b.op("Reshape", g, b.ints([0, 0, -1])), [2])              # (N, C, 1, P)
+    updates = b.op("Mul", dy, weight)                                          # (N, C, corners, P)
     flat_index = b.op("Reshape", b.op("Expand", index, b.op("Shape", updates)), b.ints([0, 0, -1]))
-    flat_updates = b.op("Reshape", updates, b.ints([0, 0, -1]))
     zeros = b.op("ConstantOfShape", b.op("Shape", pixels), value=numpy_helper.from_array(np.zeros(1, b.np_dtype(x))))
-    dx = b.op("ScatterElements", zeros, flat_index, flat_updates, axis=2, reduction="add")
+    dx = b.op("ScatterElements", zeros, flat_index, b.op("Reshape", updates, b.ints([0, 0, -1])), axis=2,
+              reduction="add")  # corners of different samples can be the same pixel
     dx = b.op("Reshape", dx, b.op("Shape", x))
     if kernel.rounding == "Round":
         return [dx, None]
-
-    # sum over channels of g * pixel, per corner: (N, T, ..., T, P)
     read = b.op("Reshape", b.op("GatherElements", pixels, flat_index, axis=2), b.op("Shape", updates))
-    per_corner = _cast(b, b.reduce_sum(b.op("Mul", read, dy), [1], keepdims=False), grid, mixed)
-    per_corner = b.op("Reshape", per_corner, b.ints(shape))
-    tap_axes = list(range(1, rank + 1))
+    return [dx, _grid_gradient(b, axes, b.op("Mul", read, dy), grid, kernel.taps)]
+
+
+def _grid_gradient(b: Builder, axes: list[_Axis], products: str, grid: str, taps: int) -> str:
+    """d/d grid from g * pixel per channel and corner: summed over channels, then per axis over the corners
+    weighted by that axis' slope and the other axes' weights."""
+    rank = len(axes)
+    per_corner = b.op("Reshape", b.reduce_sum(products, [1], keepdims=False), b.ints([0] + [taps] * rank + [-1]))
     components = []
     for j in range(rank):
         k = rank - 1 - j
-        factors = [_spread(b, a.slope if m == k else a.weight, m, rank) for m, a in enumerate(axes)]  # type: ignore[arg-type]
-        summed = b.reduce_sum(b.op("Mul", per_corner, _total(b, "Mul", factors)), tap_axes, keepdims=False)
-        components.append(b.unsqueeze(summed, [2]))                       # (N, P, 1)
+        factors = [_spread(b, _slope(a) if m == k else a.weight, m, rank) for m, a in enumerate(axes)]
+        summed = b.reduce_sum(b.op("Mul", per_corner, _total(b, "Mul", factors)), list(range(1, rank + 1)),
+                              keepdims=False)
+        components.append(b.unsqueeze(summed, [2]))                           # (N, P, 1)
     dgrid = b.op("Concat", *components, axis=2) if rank > 1 else components[0]
-    return [dx, b.op("Reshape", dgrid, b.op("Shape", grid))]
+    return b.op("Reshape", dgrid, b.op("Shape", grid))
+
+
+def _slope(axis: _Axis) -> str:
+    assert axis.slope is not None, "nearest sampling has no slope"
+    return axis.slope
 
 
 def _settings(node: Node) -> tuple[_Kernel, str, bool]:
@@ -219,8 +226,3 @@ def _total(b: Builder, op: str, terms: list[str]) -> str:
     for term in terms[1:]:
         out = b.op(op, out, term)
     return out
-
-
-def _cast(b: Builder, t: str, like: str, mixed: bool) -> str:
-    """t in like's element type, when the input and the grid differ in theirs."""
-    return b.cast_like(t, like) if mixed else t
