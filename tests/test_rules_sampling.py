@@ -260,3 +260,27 @@ def test_gradcam_through_grid_sample() -> None:
     assert maps.shape == (2, 8, 8) and maps.max() == pytest.approx(1.0) and maps.std() > 0.01
     # the layer's gradient (through both the sampled values and the predicted positions) matches the model's
     check_gradients(model, {"image": x[:1]}, ["image"], output="logits", reference="spec", rtol=5e-4)
+
+
+def test_many_samples_per_pixel_add_up_on_every_run() -> None:
+    """Thousands of samples land on each pixel; every run's input gradient equals a float64 scatter-add by hand.
+    (onnxruntime's multithreaded ScatterND with reduction="add" loses updates to races on such inputs; the rule
+    uses ScatterElements, whose kernel does not.)"""
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 64, 16, 16)).astype(np.float32)
+    grid = (rng.random((1, 64, 64, 2)) * 2 - 1).astype(np.float32)
+    model = grid_sample_model(x, grid, 16)  # bilinear, zeros, align_corners=0
+    built = gradient_model(load_model(model), ["x"], output="y0", probabilities=True)
+    session = ort.InferenceSession(built.model.SerializeToString(), providers=PROVIDERS)
+    seed = rng.standard_normal((1, 64, 64, 64)).astype(np.float32)
+    expected = np.zeros(x.shape)
+    px, py = (((grid[0, ..., k].astype(np.float64) + 1) * 16 - 1) / 2 for k in (0, 1))
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        cx, cy = np.floor(px) + dx, np.floor(py) + dy
+        weight = (1 - np.abs(px - cx)) * (1 - np.abs(py - cy))
+        inside = (cx >= 0) & (cx < 16) & (cy >= 0) & (cy < 16)
+        for c in range(64):
+            np.add.at(expected[0, c], (cy[inside].astype(int), cx[inside].astype(int)), (weight * seed[0, c])[inside])
+    for _ in range(5):
+        got = session.run([GRAD_PREFIX + "x"], {"x": x, "grid": grid, SEED: seed})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
