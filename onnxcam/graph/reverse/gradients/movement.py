@@ -165,7 +165,9 @@ def gather_nd(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     if node.attr("batch_dims", 0):
         raise GradientError(f"no gradient for GatherND node '{node.name}' with batch_dims > 0; pick a layer after it")
     x, indices = node.inputs[:2]
-    return [b.op("ScatterND", b.zeros_like(x), indices, grads[0], reduction="add")]
+    # not ScatterND(reduction="add"): onnxruntime's multithreaded kernel loses updates to repeated indices
+    picked = b.op("GatherND", _iota(b, x), indices)
+    return [_scatter_back(b, x, picked, grads[0] or "", "add")]
 
 
 @rule("Expand", inputs=(0,))
