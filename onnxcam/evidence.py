@@ -412,7 +412,10 @@ class EvidenceBuilder:
                                       *self._lrp(options or {}) if method.run == "relevance" else (None, ))
             result = runner.run(x, targets)
             scores, acts, carried = result.scores.reshape(len(x), -1), result.activations, result.values
-            assert result.targets is not None or objects is not None
+            if result.targets is None and objects is None:  # a raw seed on an output that is not (N, classes)
+                raise InputError(f"a seed array explains no class of output '{v.output}' {v.output_shape}; pass "
+                                 "target objects (onnxcam.targets: DetectionTarget, SemanticSegmentationTarget, ...), "
+                                 "or use onnxcam.gradients for the gradient of a seed")
             chosen = result.targets if objects is None else categories(objects)
             if objects is not None:  # a zero seed is a zero gradient (in-graph, a zero row would mean "argmax")
                 flat = ~np.asarray(targets).reshape(len(x), -1).any(axis=1)

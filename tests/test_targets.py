@@ -357,3 +357,17 @@ def test_rtdetr_selected_queries_are_read_as_rows() -> None:
     assert info is not None
     assert ultralytics_layout(info, (300, 6)).post_nms
     assert not ultralytics_layout(info, (84, 525)).post_nms
+
+
+def test_a_seed_array_on_a_detector_says_what_to_pass() -> None:
+    """A float seed names no class of a detector's (N, attributes, boxes) output: the explainer says to pass target
+    objects (a seed's gradient is onnxcam.gradients' job, and that works)."""
+    ex = Explainer(str(MODELS / "shapes_detector.onnx"), device="cpu")
+    x = np.zeros((1, 3, 96, 96), np.float32) if ex.input_shape[1] == 3 else None
+    assert x is not None
+    seed = np.zeros(ex.outputs(x).shape, np.float32)
+    seed.reshape(-1)[7] = 1.0
+    with pytest.raises(InputError, match="pass target objects"):
+        ex.explain(x, "gradcam", targets=seed)
+    grads = onnxcam.gradients(str(MODELS / "shapes_detector.onnx"), x, targets=seed, device="cpu")
+    assert all(np.isfinite(g).all() for g in grads.gradients.values())

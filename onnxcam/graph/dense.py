@@ -80,8 +80,10 @@ def prefer_pre_nms(model: onnx.ModelProto, output: str | None) -> tuple[onnx.Mod
         return model, output, []
     raw = pre_nms_tensor(model, first)
     if raw is None:
-        return model, output, [f"output '{first}' comes after NonMaxSuppression/TopK and no raw prediction tensor "
-                               "was found: gradients do not pass the selection; use eigencam or ablationcam"]
+        return model, output, [f"output '{first}' holds rows selected by NonMaxSuppression/TopK and no raw "
+                               "prediction tensor was found: the selected rows are explained, their gradients "
+                               "reaching the raw predictions through the selection (if maps come out flat, use "
+                               "eigencam or ablationcam)"]
     exposed = expose(model, [raw])
     # The raw predictions become the first output, so find_score picks them.
     outputs = list(exposed.graph.output)
