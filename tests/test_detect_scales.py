@@ -497,3 +497,25 @@ def test_head_re_running_methods_on_a_static_batch_of_one(method: str, tmp_path:
     maps = static.explain(x, method)
     assert maps.max() > maps.min()
     np.testing.assert_allclose(maps, dynamic.explain(x, method), atol=1e-5)
+
+
+def test_inspect_shows_the_scales_and_their_rows() -> None:
+    """`onnxcam inspect` names each scale's feature map, stride and the output rows it owns; the default layer of a
+    multi-scale detector is the set of those maps."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from onnxcam import cli
+
+    path = ULTRALYTICS / DETECTORS["detect"]
+    result = CliRunner().invoke(cli.app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    scales = _scales(path)
+    assert [s["feature"] for s in info["scales"]] == [s.feature for s in scales] == info["default_layers"]
+    assert [tuple(s["rows"]) for s in info["scales"]] == [(s.start, s.stop) for s in scales]
+    assert info["scales"][-1]["rows"][1] == 336 and [s["stride"] for s in info["scales"]] == [[8, 8], [16, 16],
+                                                                                                 [32, 32]]
+    text = CliRunner().invoke(cli.app, ["inspect", str(path)]).output
+    assert "rows 0-255" in text and "stride 32" in text

@@ -36,6 +36,7 @@ def describe_model(model_path: Path) -> dict[str, Any]:
     from onnxcam.explainer import Explainer
     from onnxcam.graph.reverse.model import gradient_model, reverse_model
     from onnxcam.graph.reverse.relevance import LrpOptions
+    from onnxcam.graph.scales import describe_scales
     from onnxcam.graph.topo import elem_types, static_shapes
     from onnxcam.images import preprocessing_problems, resolve_preprocessing
     from onnxcam.inputs import prepare_model
@@ -59,23 +60,24 @@ def describe_model(model_path: Path) -> dict[str, Any]:
         return {"name": name, "shape": None if shape is None else [d if isinstance(d, int) else str(d) for d in shape],
                 "dtype": _type_name(types.get(name))}
 
-    spec = resolve_preprocessing(ex.model, ex.input_name, ex.input_layout)
-    found = find_labels(None, ex.model, ex.classes)
+    spec = resolve_preprocessing(ex.summary, ex.input_name, ex.input_layout)
+    found = find_labels(None, ex.summary, ex.classes)
     labels = found.names
-    notes = (prepared.notes if prepared else []) + preprocessing_problems(ex.model) + metadata_problems(ex.model,
-                                                                                                      ex.classes)
-    default = ex.default_layer
-    layers = [{**describe(t.name), "op": t.op_type, "layout": t.layout, "default": t.name == default,
+    notes = (prepared.notes if prepared else []) + preprocessing_problems(ex.summary) + metadata_problems(ex.summary,
+                                                                                                        ex.classes)
+    defaults = list(ex.layer)  # a multi-scale detector's default is the set of its per-scale maps
+    default = defaults[0]
+    layers = [{**describe(t.name), "op": t.op_type, "layout": t.layout, "default": t.name in defaults,
                "module": ex.module_path(t.name)} for t in ex.tensors if t.spatial and t.op_type]
     gradient_free = sorted(m.name for m in METHODS.values() if m.gradient_free)
     try:
-        gradient_model(ex.model, [default])
+        gradient_model(ex.model, defaults)
         working, problem = sorted(METHODS), None
     except GradientError as e:
         working, problem = gradient_free, str(e)
     if "relevancecam" in working:  # LRP has its own rule table: an op may have a gradient rule but no relevance rule
         try:
-            reverse_model(ex.model, [default], lrp=LrpOptions())
+            reverse_model(ex.model, defaults, lrp=LrpOptions())
         except GradientError:
             working = [m for m in working if m != "relevancecam"]
     return {
@@ -90,6 +92,10 @@ def describe_model(model_path: Path) -> dict[str, Any]:
         "labels_source": found.source,
         "notes": notes,
         "default_layer": default,
+        "default_layers": defaults,
+        "scales": [{"feature": sc.feature, "stride": list(sc.stride), "grid": list(sc.grid),
+                    "rows": [sc.start, sc.stop], "anchors": sc.anchors, "text": text}
+                   for sc, text in zip(ex.view.scales, describe_scales(ex.view.scales))],
         "layers": layers,
         "methods": {"working": working, "gradient_free": gradient_free, "gradient_error": problem},
     }
@@ -137,7 +143,14 @@ def _print_inspect(info: dict[str, Any], all_layers: bool) -> None:
         cells = [Text(d["module"] or "")] if modules else []
         table.add_row("*" if d["default"] else "", Text(d["name"]), *cells, d["op"], shape(d), d["layout"])
     console.print(table)
-    console.print(Text(f"default layer: {info['default_layer']}"))
+    if info["scales"]:
+        console.print(Text(f"detection scales: the output's rows come from {len(info['scales'])} feature maps; each "
+                           "gives its own map and the maps are averaged (the default layer is the set; --layer "
+                           "one of them for a single scale)"))
+        for scale in info["scales"]:
+            console.print(Text(f"  {scale['text']}"))
+    console.print(Text(f"default layer{'s' if len(info['default_layers']) > 1 else ''}: "
+                       f"{', '.join(info['default_layers'])}"))
     methods = info["methods"]
     if methods["gradient_error"]:
         console.print(Text(f"gradient methods unavailable: {methods['gradient_error']}", style="yellow"))
