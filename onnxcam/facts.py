@@ -13,12 +13,13 @@ Answers go through JSON even when just computed, so a first run sees exactly wha
 from __future__ import annotations
 
 import json
+import os
 import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from onnxcam.cache import model_identity, read_facts, warn_unwritable, write_facts
+from onnxcam.cache import model_identity, model_sha256, read_facts, warn_unwritable, write_facts
 from onnxcam.graph.contract import ModelSource, ModelSummary
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ class ModelFacts:
         """The model, loaded (a job goes on to explain it: one parse serves both), else as the file has it, when
         it cannot be loaded: its inputs may say why (a text model, an unbatched image), which a user should read
         rather than a loading error."""
-        import os
-
         import onnx
 
         from onnxcam.errors import ModelError
@@ -132,6 +131,15 @@ def prefetch_graph_code(source: ModelSource) -> None:
     except Exception:  # a missing or unreadable file is said where it is used
         return
     threading.Thread(target=_import_graph_code, name="onnxcam-prefetch", daemon=True).start()
+    if isinstance(source, (str, os.PathLike)):  # the run's manifest names the file's SHA-256: hashed meanwhile
+        threading.Thread(target=_hash_quietly, args=(source,), name="onnxcam-sha256", daemon=True).start()
+
+
+def _hash_quietly(source: str | os.PathLike) -> None:
+    try:
+        model_sha256(source)  # kept in the cache's record of the model: the run reads it from there
+    except Exception:  # the main thread says what is wrong
+        pass
 
 
 def _import_graph_code() -> None:
