@@ -373,7 +373,8 @@ def test_facts_that_cannot_be_read_are_worked_out_again(tmp_path: Path, cache: P
 
     from onnxcam.inputs import prepare_model
 
-    path = str(MODELS / "shapes_resnet.onnx")
+    path = str(tmp_path / "resnet.onnx")  # a copy: its own identity, whatever other tests keep alive
+    (tmp_path / "resnet.onnx").write_bytes((MODELS / "shapes_resnet.onnx").read_bytes())
     prepare_model(path)  # the job's first question: the summary
     first = onnxcam.Explainer(path, device="cpu")
     layer, score = first.layer, first.score
