@@ -16,8 +16,9 @@ onnxruntime's default thread count, on a random-weight torchvision ResNet built 
   5 methods        peak RSS (getrusage of the child) of `explain` with gradcam, gradcam++, eigencam, ablationcam and
                    reciprocam, against the bare script's; and how many bytes that run added to an empty cache
 
-The checkout's bytecode is compiled first, as `pip install` does. Timings are medians over `repeat` runs (cold and warm alternate so drift hits both); ratios are to the bare script
-measured in the same run. The last lines compare them with issue 20's targets.
+The checkout's bytecode is compiled first, as `pip install` does. Timings are medians over `repeat` runs (cold
+and warm alternate so drift hits both); ratios are to the bare script measured in the same run. The last lines
+compare them with issue 20's targets.
 """
 
 from __future__ import annotations
