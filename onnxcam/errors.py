@@ -1,8 +1,20 @@
 """User-facing errors: one line that says what was wrong and what to do."""
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 
 class OnnxcamError(Exception):
-    """Base class; the CLI prints str(error) on one line and exits non-zero."""
+    """Base class; the CLI prints str(error) on one line and exits non-zero.
+
+    Messages quote names from models and file systems (tensor names, paths), which may hold line breaks or terminal
+    escapes: control characters are shown as \\xNN, so a message stays one line whatever it quotes."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", args[0]),)
+        super().__init__(*args)
 
 
 class ModelError(OnnxcamError):

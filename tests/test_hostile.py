@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from toy_models import tiny_cnn
 
@@ -154,6 +154,7 @@ def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes
 @FUZZ
 @given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
        cut=st.one_of(st.none(), st.integers(0, len(SMALL_MODEL))))
+@example(edits=[(9, 10)], cut=None)  # a line break inside a tensor name that the message quotes (found by CI)
 def test_fuzzed_model_bytes_load_or_fail_cleanly(edits, cut):
     data = _mutate(SMALL_MODEL, edits, cut)
     try:
