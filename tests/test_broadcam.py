@@ -144,9 +144,14 @@ def test_cli_refusals_exit_with_2(data: tuple[Path, Path], fitted: Path, tmp_pat
                                      "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert result.exit_code == 2 and "another model" in result.output
     bad = _labels(data[0], ["images/nothere.png,circle"])
+    result = runner.invoke(cli.app, ["fit", "broadcam", str(MODEL), str(data[0]), "--ground-truth", str(bad),
+                                     "--out", str(tmp_path / "f.npz"), "--device", "cpu"])
+    assert result.exit_code == 2 and "nothere.png" in result.output and "deprecated" not in result.output
+    # the flag's earlier name, as evaluate's: still read, with a warning
     result = runner.invoke(cli.app, ["fit", "broadcam", str(MODEL), str(data[0]), "--labels", str(bad),
                                      "--out", str(tmp_path / "f.npz"), "--device", "cpu"])
     assert result.exit_code == 2 and "nothere.png" in result.output
+    assert "'fit broadcam --labels' is deprecated; use --ground-truth" in result.output
 
 
 def test_transformer_token_layers_are_refused_and_not_defaults() -> None:

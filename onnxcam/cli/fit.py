@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from onnxcam.cli.common import console, err_console, fail, quiet_opencv
+from onnxcam.cli.common import alias, console, err_console, fail, quiet_opencv
 from onnxcam.errors import OnnxcamError
 
 fit_app = typer.Typer(help="Fit weights that a method needs (BroadCAM) on a small labelled image set.",
@@ -20,9 +20,12 @@ fit_app = typer.Typer(help="Fit weights that a method needs (BroadCAM) on a smal
 def broadcam(
     model: Annotated[Path, typer.Argument(help="The ONNX model file.")],
     data: Annotated[Path, typer.Argument(help="Folder of labelled images (e.g. a shapes benchmark folder).")],
-    labels: Annotated[Path | None, typer.Option(help="CSV with header 'file,class' (class name or index; paths "
-                                                "relative to DATA or to the csv; several rows per image = several "
-                                                "classes). Default: DATA/labels.csv.")] = None,
+    ground_truth: Annotated[Path | None, typer.Option("--ground-truth", help="CSV with header 'file,class' (class "
+                                                      "name or index; paths relative to DATA or to the csv; several "
+                                                      "rows per image = several classes). Default: "
+                                                      "DATA/labels.csv.")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", hidden=True, help="Deprecated: --ground-truth.")
+                      ] = None,
     layers: Annotated[list[str], typer.Option("--layers", help="Feature maps to pool (comma-separated or repeated). "
                                               "Default: the last feature map at each spatial size.")
                       ] = [],  # noqa: B006
@@ -45,8 +48,9 @@ def broadcam(
     progress = Progress(TextColumn("[bold]pooling features"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=err_console)
     try:
+        truth = alias(ground_truth, labels, "--ground-truth", "--labels", "fit broadcam")
         ex = Explainer(model, device=device)
-        files, targets, names = read_dataset(ex, data, labels, class_names)
+        files, targets, names = read_dataset(ex, data, truth, class_names)
         task = progress.add_task("fit", total=len(files))
         with progress:
             fit = fit_broadcam(ex, files, targets, chosen or None, ridge, batch_size, names,
