@@ -34,6 +34,7 @@ class ModelFacts:
         self.identity = identity or model_identity(source)
         self._answers: dict[str, Any] | None = None
         self._model: onnx.ModelProto | None = None
+        self._summary: ModelSummary | None = None
         self._lock = threading.RLock()
 
     @property
@@ -72,7 +73,9 @@ class ModelFacts:
             from onnxcam.graph.summary import summarize
 
             return summarize(self._loaded_or_peeked()).to_json()
-        return ModelSummary.from_json(self.ask("summary", compute))
+        if self._summary is None:
+            self._summary = ModelSummary.from_json(self.ask("summary", compute))
+        return self._summary
 
     def _loaded_or_peeked(self) -> onnx.ModelProto:
         """The model, loaded (a job goes on to explain it: one parse serves both), else as the file has it, when
