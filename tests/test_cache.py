@@ -344,7 +344,10 @@ sys.exit(code)
 
 
 @pytest.mark.parametrize("model, methods", [("shapes_resnet.onnx", "gradcam,eigencam,ablationcam,reciprocam"),
-                                            ("shapes_detector.onnx", "gradcam++,eigencam")])
+                                            ("shapes_detector.onnx", "gradcam++,eigencam"),
+                                            ("shapes_segmenter.onnx", "gradcam,scorecam"),
+                                            ("shapes_vit.onnx", "gradcam,layercam"),
+                                            ("exporters/keras_resnet_tf2onnx_op13.onnx", "gradcam,hirescam")])
 def test_a_warm_run_neither_parses_the_model_nor_imports_onnx(tmp_path: Path, model: str, methods: str) -> None:
     """The second run of a job finds every rewritten graph and every fact about the model in the cache: it never
     imports onnx (whose import alone costs more than a ResNet-50 forward), and its maps are the first run's."""
