@@ -3,9 +3,10 @@ embeddings): files in -> (image, target) work items -> one worker -> maps, overl
 
 For each input, target and method it writes OUT/<name>.<method>.png (overlay) and .npy (float32 map at the image's
 own size), where <name> is the input's path relative to its input root with its suffix ("cats/x.jpg"); several
-targets per image add .c<class> (top-k classes) or .d<k> (detections). One JSON line per record goes to
-OUT/results.jsonl, OUT/run.json records what the outputs were made from (the manifest `--resume` checks), and
-OUT/report.html shows them all. A bad image is recorded as failed and the batch goes on.
+targets per image add .c<class> (top-k classes) or .d<k> (detections), and per_layer .L<i> (layer i's own map).
+One JSON line per record goes to OUT/results.jsonl, OUT/run.json records what the outputs were made from (the
+manifest `--resume` checks), and OUT/report.html shows them all. A bad image is recorded as failed and the batch
+goes on.
 """
 
 from __future__ import annotations
