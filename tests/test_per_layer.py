@@ -158,3 +158,23 @@ def test_resume_with_the_flag_toggled_is_another_run(tmp_path: Path) -> None:
     result = runner.invoke(cli.app, ["explain", str(RESNET), *map(str, TWO), "-o", str(out), "--device", "cpu",
                                      "--layer", "stage2,stage3", "--per-layer", "--resume"])
     assert result.exit_code == 2 and "per layer false -> true" in result.output
+
+
+@pytest.mark.parametrize("model, options", [
+    ("shapes_segmenter.onnx", {}),
+    ("shapes_embedder.onnx", {"reference": IMAGES / "02_triangle.png"}),
+])
+def test_segmentation_and_embeddings_get_a_map_per_layer(tmp_path: Path, model: str, options: dict) -> None:
+    path = ROOT / "models" / model
+    layers = Explainer(path, device="cpu").layers[-2:]  # the two last candidate feature maps
+    averaged = explain(path, TWO, tmp_path / "averaged", layer=layers, device="cpu", **options)
+    split = explain(path, TWO, tmp_path / "split", layer=layers, device="cpu", per_layer=True, **options)
+    assert averaged.failed == split.failed == 0
+    assert sorted(_maps(tmp_path / "split")) == sorted(f"{image.name}.gradcam.L{k}.npy" for image in TWO
+                                                       for k in (0, 1))
+    assert sorted(_maps(tmp_path / "averaged")) == sorted(f"{image.name}.gradcam.npy" for image in TWO)
+    for rec in _records(tmp_path / "split"):  # each layer's own map differs from the other's
+        assert rec["layer"] == layers[rec["layer_index"]]
+    for image in TWO:
+        a, b = (np.load(tmp_path / "split" / f"{image.name}.gradcam.L{k}.npy") for k in (0, 1))
+        assert a.max() > 0 and b.max() > 0 and not np.allclose(a, b, atol=1e-3)
