@@ -3,8 +3,9 @@
 The page has a header (model and its SHA-256, task, layers with their module paths, preprocessing, where the class
 names came from, methods with their options, time per method, counts), a colour bar, filters (text over file and
 class names, a check box per method, "warnings only"), one section per image (the input, then one column per method
-and one row per target: class, region or detection; each overlay captioned with the target's name, probability and
-score, a badge on flat maps) and the failures in a section of their own, capped with a count of the rest.
+(per method and layer with --per-layer) and one row per target: class, region or detection; each overlay captioned
+with the target's name, probability and score, a badge on flat maps) and the failures in a section of their own,
+capped with a count of the rest.
 
 Scale: the image sections are not HTML but data (JSON in the page) that a small script turns into one page of
 sections at a time, so a run of 20,000 images opens and filters as quickly as one of ten (benchmarks/report.py
@@ -56,7 +57,8 @@ def input_preview_path(name: str) -> str:
 class Gallery:
     """What the page shows, grouped: image sections (compact rows for the script), failures and counts."""
 
-    methods: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)       # the columns: a method, or a method at one layer
+    method_names: list[str] = field(default_factory=list)  # the methods themselves (per-layer runs: fewer)
     images: list[list[Any]] = field(default_factory=list)
     failures: list[Record] = field(default_factory=list)
     failed: int = 0            # images that failed (all of them, shown or not)
@@ -93,10 +95,12 @@ def gather(records: Iterable[Record], record_limit: int = RECORD_LIMIT,
             continue
         gallery.shown += 1
         gallery.task = gallery.task or _text(rec.get("task")) or None
-        method = _text(rec.get("method"))
+        method = _column(rec)
         if method not in method_index:
             method_index[method] = len(gallery.methods)
             gallery.methods.append(method)
+            if _text(rec.get("method")) not in gallery.method_names:
+                gallery.method_names.append(_text(rec.get("method")))
         key = (rec.get("image"), rec.get("name"))
         if current is None or key != current_key:
             name = _text(rec.get("name") or rec.get("image"))
@@ -115,6 +119,14 @@ def gather(records: Iterable[Record], record_limit: int = RECORD_LIMIT,
         gallery.flat += flat
         row[3].append([method_index[method], overlay, int(flat), _number(rec.get("seconds"))])
     return gallery
+
+
+def _column(rec: Record) -> str:
+    """The column of a record: its method, and for one map per layer (--per-layer) the layer's short name."""
+    method = _text(rec.get("method"))
+    if rec.get("layer_index") is None:
+        return method
+    return f"{method} @ {_text(rec.get('layer_label') or rec.get('layer_module') or rec.get('layer'))}"
 
 
 def plain_relative(path: str) -> bool:
@@ -187,6 +199,8 @@ def header_from_manifest(manifest: dict[str, Any] | None, extra: dict[str, Any] 
     if layers:
         head.rows.append(("layer", "; ".join(_text(layer) + (f" (module {modules[i]})" if i < len(modules) and
                                                              modules[i] else "") for i, layer in enumerate(layers))))
+    if m.get("per_layer"):
+        head.rows.append(("maps", "one per layer (--per-layer), not averaged"))
     steps = m.get("preprocessing_text")  # the job's own one-line summary (source and steps)
     if isinstance(m.get("preprocessing"), dict):
         tensor = preprocessing_text(m["preprocessing"])
@@ -322,7 +336,7 @@ def _header_html(header: Header, gallery: Gallery, counts: dict[str, Any]) -> st
 
 
 def _methods_table(header: Header, gallery: Gallery, counts: dict[str, Any]) -> str:
-    methods = gallery.methods or list(header.method_options) or list(header.method_seconds)
+    methods = gallery.method_names or list(header.method_options) or list(header.method_seconds)
     if not methods:
         return ""
     images = max(1, int(counts.get("done") or 0) or len(gallery.images))

@@ -177,6 +177,7 @@ def test_a_model_error_in_the_workers_is_one_line(tmp_path: Path, ray_cluster) -
     ("shapes_segmenter.onnx", {}),
     ("shapes_detector.onnx", {"threshold": 0.2, "max_detections": 2}),
     ("shapes_embedder.onnx", {"reference": IMAGES / "02_triangle.png"}),
+    ("ultralytics/yolov8n.onnx", {"threshold": 0.0, "max_detections": 2, "per_layer": True}),  # a map per scale
 ])
 def test_ray_engine_runs_every_task_like_the_local_run(tmp_path: Path, ray_cluster, model: str,
                                                        options: dict) -> None:

@@ -41,6 +41,9 @@ def explain(
     layer: Annotated[list[str], typer.Option(help="Tensor(s) to explain, comma-separated or repeated; several are "
                                               "averaged (default: the last spatial feature map; see 'onnxcam "
                                               "inspect').")] = [],  # noqa: B006
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="With several layers (--layer a,b, or a "
+                                            "multi-scale detector's per-scale maps by default): one map per layer "
+                                            "(files .L0, .L1, ...) instead of their average.")] = False,
     target: Annotated[str | None, typer.Option("--target", "-t", help="Class label or index to explain (a label "
                                                "wins; '#N' is always index N) (default: the predicted class).")
                       ] = None,
@@ -144,7 +147,7 @@ def explain(
                 address=address, workers=workers, method_options=options,
                 resize_short=resize_short, crop=size_option(crop, "--crop"), letterbox=letterbox,
                 interpolation=interpolation, pad_value=pad_value, model_inputs=pairs(model_input, "--input"),
-                on_info=_info)
+                on_info=_info, per_layer=per_layer)
         finally:
             progress.stop()
     except KeyboardInterrupt:

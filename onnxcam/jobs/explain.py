@@ -3,9 +3,10 @@ embeddings): files in -> (image, target) work items -> one worker -> maps, overl
 
 For each input, target and method it writes OUT/<name>.<method>.png (overlay) and .npy (float32 map at the image's
 own size), where <name> is the input's path relative to its input root with its suffix ("cats/x.jpg"); several
-targets per image add .c<class> (top-k classes) or .d<k> (detections). One JSON line per record goes to
-OUT/results.jsonl, OUT/run.json records what the outputs were made from (the manifest `--resume` checks), and
-OUT/report.html shows them all. A bad image is recorded as failed and the batch goes on.
+targets per image add .c<class> (top-k classes) or .d<k> (detections), and per_layer .L<i> (layer i's own map).
+One JSON line per record goes to OUT/results.jsonl, OUT/run.json records what the outputs were made from (the
+manifest `--resume` checks), and OUT/report.html shows them all. A bad image is recorded as failed and the batch
+goes on.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
             interpolation: str | None = None, pad_value: float | None = None,
             model_inputs: Mapping[str, InputValue] | None = None,
             on_info: Callable[[str], None] | None = None,
-            on_progress: Callable[[float], None] | None = None, detection_target: str = "score") -> Summary:
+            on_progress: Callable[[float], None] | None = None, detection_target: str = "score",
+            per_layer: bool = False) -> Summary:
     """Explain image files with `methods`; see the module docstring for what is written. Returns a Summary.
 
     task: classify / segment / detect / embed (None: the model's metadata, else its output's rank).
@@ -96,6 +98,8 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
     max_detections; detection_target: "score" (each detection's class score) or "mask" (instance segmentation: its
     mask, targets.InstanceMaskTarget; the model's detections and prototypes are explained together);
     reference: an image whose embedding the similarity is measured to.
+    per_layer: with several layers (a list, or a detector's per-scale maps by default), one map per layer instead
+    of their average: files <stem>.L<layer index>.png/.npy, records with that layer's tensor, module and label.
     preset, mean, std, size, bgr, scale, resize_short, crop, letterbox, interpolation, pad_value: preprocessing
     (onnxcam.images.resolve_preprocessing; None: the model's metadata, else a guess). labels: a file or a list
     (None: the model's metadata, else ImageNet-1k names for 1000 classes; onnxcam.labels). model_inputs: values of
@@ -145,6 +149,9 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
     classes = ex.classes if task == "classify" else None
     found = find_labels(labels, ex.summary, classes)
     notes += preprocessing_problems(ex.summary) + (metadata_problems(ex.summary, classes) if labels is None else [])
+    if per_layer and len(ex.layer) == 1:
+        notes.append(f"per-layer maps of one layer ({printable(ex.layer[0])}): one map per target as usual, named "
+                     ".L0; name several layers (--layer a,b) to compare them")
     plan = _plan(ex, task, target, top_k, mask, box, threshold, max_detections, reference, found.names, spec_pre,
                  notes, detection_target)
     for line in (f"preprocessing: {spec_pre.line()}", f"labels: {found.source}"):
@@ -159,7 +166,7 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
     source = ex.model.SerializeToString() if prepared.folded or not isinstance(model, (str, os.PathLike)) else \
         os.path.abspath(model)
     spec = RunSpec(source, {**_explainer_options(ex), "device": device}, spec_pre, methods, plan, str(folder.real),
-                   options, found.names, alpha, colormap, batch_size, found.source)
+                   options, found.names, alpha, colormap, batch_size, found.source, per_layer)
     manifest = {**_manifest(model, ex, spec, prepared.folded or None), "label_source": found.source,
                 "preprocessing_text": spec_pre.line(),
                 "layer_modules": [ex.module_path(name) for name in ex.layer], "device": ex.providers[0]}
@@ -197,7 +204,7 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
                        for r in records):
                     raise DiskFull("no space left on device")
 
-            units = _units(items, previous, folder, methods, plan, batch_size)
+            units = _units(items, previous, folder, methods, plan, batch_size, len(ex.layer) if per_layer else 1)
             try:
                 if worker is None:
                     _run_ray(units, spec, emit, batch_size, address, workers)
@@ -313,7 +320,8 @@ def _manifest(model: ModelSource, ex: Explainer, spec: RunSpec, folded: dict[str
             "inputs_from": {k: v["from"] for k, v in folded.items()} if folded else None,
             "explainer": {k: v for k, v in spec.explainer.items() if k not in ("layer", "device")},
             "labels": None if spec.labels is None else len(spec.labels), "labels_source": spec.labels_source,
-            "layer_modules": [ex.module_path(name) for name in ex.layer], "alpha": spec.alpha,
+            "layer_modules": [ex.module_path(name) for name in ex.layer], "per_layer": spec.per_layer,
+            "alpha": spec.alpha,
             "colormap": spec.colormap}
 
 
@@ -336,13 +344,13 @@ def _read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def _units(items: list[InputFile], previous: dict[tuple[str, str], list[Record]] | None, folder: OutputFolder,
-           methods: list[str], plan: TargetPlan, batch_size: int) -> Iterator[Unit]:
+           methods: list[str], plan: TargetPlan, batch_size: int, maps_per_target: int = 1) -> Iterator[Unit]:
     """Inputs grouped so that each unit holds `batch_size` images to explain; images kept by --resume ride along
-    in their place, so results.jsonl stays in input order."""
+    in their place, so results.jsonl stays in input order. maps_per_target: the layers of a per-layer run."""
     unit: Unit = []
     todo = 0
     for item in items:
-        kept = _resumable(item, previous, folder, methods, plan) if previous is not None else None
+        kept = _resumable(item, previous, folder, methods, plan, maps_per_target) if previous is not None else None
         unit.append((item, kept))
         todo += kept is None
         if todo >= batch_size:
@@ -353,13 +361,14 @@ def _units(items: list[InputFile], previous: dict[tuple[str, str], list[Record]]
 
 
 def _resumable(item: InputFile, previous: dict[tuple[str, str], list[Record]], folder: OutputFolder,
-               methods: list[str], plan: TargetPlan) -> list[Record] | None:
+               methods: list[str], plan: TargetPlan, maps_per_target: int = 1) -> list[Record] | None:
     """Records for an input whose outputs are all present and complete, else None (the input is redone). Records
     are matched by the input's name (its path relative to its root), never by output file name."""
     records = []
     for method in methods:
         recs = previous.get((item.name, method))
-        if not recs or (plan.per_image is not None and len(recs) != plan.per_image):
+        if not recs or len(recs) % maps_per_target or \
+                (plan.per_image is not None and len(recs) != plan.per_image * maps_per_target):
             return None
         for rec in recs:
             paths = rec.get("paths") or {}

@@ -23,8 +23,10 @@ PARTIAL = RESULTS + ".partial"
 REPORT_LIMIT = 2000  # explained records kept in memory for report.html; results.jsonl always has them all
 FAILURE_LIMIT = 500  # failures kept for the report and the summary; the rest are counted (and all in results.jsonl)
 # Manifest entries that must match for --resume to continue a run (the rest is information).
-RESUME_KEYS = ("model_sha256", "inputs", "layers", "methods", "method_options", "targets", "preprocessing",
-               "explainer")
+RESUME_KEYS = ("model_sha256", "inputs", "layers", "per_layer", "methods", "method_options", "targets",
+               "preprocessing", "explainer")
+# What a manifest written before a key existed meant by leaving it out (so such runs still resume).
+RESUME_DEFAULTS = {"per_layer": False}
 
 Record = dict[str, Any]
 
@@ -139,7 +141,7 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences in what the outputs were made from ('' when the runs match)."""
     found = []
     for key in RESUME_KEYS:
-        a, b = clean(old.get(key)), clean(new.get(key))
+        a, b = clean(old.get(key, RESUME_DEFAULTS.get(key))), clean(new.get(key, RESUME_DEFAULTS.get(key)))
         if a != b:
             found.append(f"{key.replace('_', ' ')} {_short(a)} -> {_short(b)}")
     return found

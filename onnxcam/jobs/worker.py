@@ -50,6 +50,7 @@ class RunSpec:
     colormap: str = "jet"
     batch_size: int = 8
     labels_source: str | None = None         # where the labels came from (onnxcam.labels.find_labels)
+    per_layer: bool = False                  # one map per explained layer instead of their average
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Explained:
     kind: str = "class"                      # the target's own description
     box: list[float] | None = None           # detection box in the image's pixels
     maps: dict[str, np.ndarray] = field(default_factory=dict)       # method -> map at the model input's size
+    # (per_layer: method -> (layers, H, W), one map per layer)
     seconds: dict[str, float] = field(default_factory=dict)         # method -> compute time share
 
 
@@ -86,6 +88,8 @@ class Worker:
         self.layer_text = ", ".join(self.ex.layer)
         modules = [self.ex.module_path(name) for name in self.ex.layer]
         self.module_text = ", ".join(m for m in modules if m) or None
+        self.layers = [LayerColumn(k, name, module, label) for k, (name, module, label) in
+                       enumerate(zip(self.ex.layer, modules, layer_labels(self.ex, modules)))]
         self.preprocessing_text = spec.preprocessing.summary()
 
     def run(self, items: list[InputFile]) -> list[list[Record]]:
@@ -156,18 +160,16 @@ class Worker:
         else:  # the first method's run also gives the scores
             targets = None if plan.category is None else np.full(len(x), plan.category, np.int64)
             t0 = time.perf_counter()
-            maps[(spec.methods[0], 0)], scores, explained = self.ex.explain_scored(
-                x, spec.methods[0], targets, progress=self._step(0, calls),
-                **spec.method_options.get(spec.methods[0], {}))
+            maps[(spec.methods[0], 0)], scores, explained = self._explain_scored(
+                x, spec.methods[0], targets, self._step(0, calls))
             seconds[spec.methods[0]] = time.perf_counter() - t0
             chosen = explained[:, None]
         for method in spec.methods:
             for k in range(chosen.shape[1]):
                 if (method, k) not in maps:
                     t0 = time.perf_counter()
-                    maps[(method, k)] = self.ex.explain(x, method, chosen[:, k].astype(np.int64),
-                                                        progress=self._step(len(maps), calls),
-                                                        **spec.method_options.get(method, {}))
+                    maps[(method, k)] = self._explain(x, method, chosen[:, k].astype(np.int64),
+                                                      self._step(len(maps), calls))
                     seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
         probabilities = _softmax(scores)
         results: list[Any] = []
@@ -220,14 +222,37 @@ class Worker:
             for first in range(0, len(pairs), step):
                 chunk = pairs[first:first + step]
                 t0 = time.perf_counter()
-                maps = self.ex.explain(x[[row for row, _, _ in chunk]], method, [t for _, _, t in chunk],
-                                       progress=self._step(m * -(-len(pairs) // step) + first // step, calls),
-                                       **spec.method_options.get(method, {}))
+                maps = self._explain(x[[row for row, _, _ in chunk]], method, [t for _, _, t in chunk],
+                                     self._step(m * -(-len(pairs) // step) + first // step, calls))
                 share = (time.perf_counter() - t0) / len(chunk)
                 for (row, k, _), cam in zip(chunk, maps):
                     per_image[row][k].maps[method] = cam
                     per_image[row][k].seconds[method] = share
         return [entry if isinstance(entry, str) else (None, None, entry) for entry in per_image]
+
+    def _explain(self, x: np.ndarray, method: str, targets: Any, progress: Callable[[float], None] | None
+                 ) -> np.ndarray:
+        """Maps (N, H, W) averaged over the layers, or with per_layer (N, layers, H, W): each layer explained on
+        its own, exactly as Explainer.explain(layer=that layer)."""
+        return self._explain_scored(x, method, targets, progress)[0]
+
+    def _explain_scored(self, x: np.ndarray, method: str, targets: Any, progress: Callable[[float], None] | None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        options = self.spec.method_options.get(method, {})
+        if not self.spec.per_layer:
+            return self.ex.explain_scored(x, method, targets, progress=progress, **options)
+        maps, scores, explained = [], None, None
+        for k, column in enumerate(self.layers):
+            share = _share(progress, k, len(self.layers))
+            if k == 0:  # the first layer's run also gives the scores and the class explained
+                cam, scores, explained = self.ex.explain_scored(x, method, targets, layer=column.tensor,
+                                                                progress=share, **options)
+                targets = explained if targets is None else targets
+            else:
+                cam = self.ex.explain(x, method, targets, layer=column.tensor, progress=share, **options)
+            maps.append(cam)
+        assert scores is not None and explained is not None  # an explainer always has a layer
+        return np.stack(maps, axis=1), scores, explained
 
     def _step(self, call: int, calls: int) -> Callable[[float], None] | None:
         """The progress callback of explain call `call` of `calls` in the current batch."""
@@ -261,6 +286,15 @@ class Worker:
             return [f"{item.name}.{method}.c{e.target}" for e in explained]
         return [f"{item.name}.{method}.d{k}" for k in range(len(explained))]
 
+    def outputs(self, item: InputFile, method: str, explained: list[Explained]
+                ) -> list[tuple[Explained, str, LayerColumn | None]]:
+        """(target, file stem, layer) of each map to write: per_layer adds .L<layer index> to the stem, so the
+        names stay stable across runs and never meet the averaged map's."""
+        stems = zip(explained, self.stems(item, method, explained))
+        if not self.spec.per_layer:
+            return [(e, stem, None) for e, stem in stems]
+        return [(e, f"{stem}.L{column.index}", column) for e, stem in stems for column in self.layers]
+
     def _write(self, item: InputFile, rgb: np.ndarray, predicted: int | None, score: float | None,
                explained: list[Explained]) -> list[Record]:
         spec, labels = self.spec, self.spec.labels
@@ -270,12 +304,13 @@ class Worker:
         seen = None if unseen is None else [round(v, 1) for v in place.seen()]
         records = []
         for method in spec.methods:
-            for e, stem in zip(explained, self.stems(item, method, explained)):
+            for e, stem, column in self.outputs(item, method, explained):
                 t1 = time.perf_counter()
-                if not np.isfinite(e.maps[method]).all():
+                raw = e.maps[method] if column is None else e.maps[method][column.index]
+                if not np.isfinite(raw).all():
                     raise InputError(f"the {method} map is not finite (NaN or Inf): the model's output "
                                      f"'{printable(self.ex.output)}' or its gradients overflow for this image")
-                cam = map_to_image(e.maps[method], place)
+                cam = map_to_image(raw, place)
                 png, npy = f"{stem}.png", f"{stem}.npy"
                 picture = overlay(rgb, cam, spec.alpha, spec.colormap)
                 if unseen is not None:
@@ -288,7 +323,7 @@ class Worker:
                 write_bytes(self.out.path(npy), npy_bytes(cam))
                 write_bytes(self.out.path(png), encode_png(picture))
                 self._preview(preview_path(png), picture, PREVIEW_SIDE)
-                records.append({
+                record = {
                     "image": os.fsdecode(item.path), "name": item.name, "status": "ok", "error": None,
                     "task": spec.plan.task, "predicted": predicted, "predicted_label": _label(labels, predicted),
                     "score": score, "target": e.target, "label": _label(labels, e.target),
@@ -297,7 +332,12 @@ class Worker:
                     "preprocessing": self.preprocessing_text, "labels_source": spec.labels_source, "seen": seen,
                     "paths": {"overlay": png, "map": npy},
                     "flat": bool(np.ptp(cam) == 0),
-                    "seconds": round(e.seconds.get(method, 0.0) + time.perf_counter() - t1, 4)})
+                    "seconds": round(e.seconds.get(method, 0.0) / (1 if column is None else len(self.layers)) +
+                                     time.perf_counter() - t1, 4)}
+                if column is not None:  # this layer's own map
+                    record.update(layer=column.tensor, layer_module=column.module, layer_index=column.index,
+                                  layer_label=column.label)
+                records.append(record)
         self._preview(input_preview_path(item.name), rgb, INPUT_PREVIEW_SIDE)
         return records
 
@@ -313,6 +353,40 @@ class Worker:
 
     def _failed(self, item: InputFile, error: str, seconds: float = 0.0) -> Record:
         return failed_record(os.fsdecode(item.path), item.name, error, self.spec.methods, self.layer_text, seconds)
+
+
+@dataclass(frozen=True)
+class LayerColumn:
+    """One explained layer as per_layer writes it: its index (the .L<index> of file names), tensor, module path and
+    the short name the report shows."""
+    index: int
+    tensor: str
+    module: str | None
+    label: str
+
+
+def layer_labels(ex: Explainer, modules: list[str | None]) -> list[str]:
+    """Short names of the explained layers: a detector's scales by their stride, else module paths, else tensor
+    names (whenever the shorter names would not tell two layers apart)."""
+    strides = {s.feature: s.stride for s in getattr(ex.view, "scales", [])}
+    for names in ([_stride_text(strides.get(t)) for t in ex.layer], modules):
+        if all(names) and len(set(names)) == len(names):
+            return [str(n) for n in names]
+    return list(ex.layer)
+
+
+def _stride_text(stride: tuple[int, int] | None) -> str | None:
+    if stride is None:
+        return None
+    return f"stride {stride[0]}" if stride[0] == stride[1] else f"stride {stride[0]}x{stride[1]}"
+
+
+def _share(progress: Callable[[float], None] | None, part: int, parts: int) -> Callable[[float], None] | None:
+    """Part `part` of `parts` equal parts of a call's progress (one per layer)."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda fraction: report((part + fraction) / parts)
 
 
 def _mark_unseen(picture: np.ndarray, unseen: np.ndarray) -> np.ndarray:
