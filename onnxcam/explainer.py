@@ -161,10 +161,11 @@ class Explainer:
 
     def explain_scored(self, x: np.ndarray, method: str = "gradcam", targets: Targets | Sequence[str] = None,
                        layer: str | Sequence[str] | None = None, aug_smooth: bool = False,
-                       eigen_smooth: bool = False, progress: Progress | None = None,
+                       eigen_smooth: bool = False, progress: Progress | None = None, per_layer: bool = False,
                        **options: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As `explain`, plus the scores (N, classes) of x and the class explained per image, from the same run
-        (callers that report scores need no second forward pass)."""
+        (callers that report scores need no second forward pass). per_layer: maps (N, layers, H, W), each layer's
+        own (as `explain(layer=that layer)`), from the same run, instead of their average."""
         spec = get_method(method)
         method_options = spec.accepts(options)
         layers = self.layer if layer is None else self.view.resolve_layers(layer)
@@ -173,7 +174,8 @@ class Explainer:
         self._check_method(spec, targets, aug_smooth)
         slices = self._slices(len(x))
         parts = [self._explain_part(self.view.check(x[s]), spec, _slice_targets(targets, s, len(x)), layers,
-                                    aug_smooth, eigen_smooth, method_options, _share(progress, k, len(slices)))
+                                    aug_smooth, eigen_smooth, method_options, _share(progress, k, len(slices)),
+                                    per_layer)
                  for k, s in enumerate(slices)]
         if len(parts) == 1:
             return parts[0]
@@ -196,21 +198,27 @@ class Explainer:
 
     # --- internals ------------------------------------------------------------------------------------------------
     def _explain_part(self, x: np.ndarray, spec: Method, targets: Any, layers: list[str], aug_smooth: bool,
-                      eigen_smooth: bool, options: dict[str, Any], progress: Progress | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      eigen_smooth: bool, options: dict[str, Any], progress: Progress | None = None,
+                      per_layer: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if aug_smooth and per_layer:  # each layer's augmented map: one augmentation loop per layer
+            parts = [self._augmented(x, spec.name, targets, [layer], eigen_smooth, options,
+                                     _share(progress, k, len(layers))) for k, layer in enumerate(layers)]
+            return np.stack([p[0] for p in parts], axis=1), parts[0][1], parts[0][2]
         if aug_smooth:
             return self._augmented(x, spec.name, targets, layers, eigen_smooth, options, progress)
         size = self.input_size(x)
-        per_layer = []
+        maps_of_layers = []
         evidences = self._evidence.build(x, targets, layers, spec, options)
         sign = options.get("eigen_sign", "activation")
         own = spec.accepts(options, strict=False, own=True)  # eigen_sign also steers eigen_smooth, for every method
         for k, ev in enumerate(evidences):
             ev.progress = _share(progress, k, len(evidences))
             raw = combine(spec.fn(ev, **own), ev.activations, eigen_smooth, sign)
-            per_layer.append(normalise(raw, size))
+            maps_of_layers.append(normalise(raw, size))
             ev.done(1.0)
-        maps = per_layer[0] if len(per_layer) == 1 else normalise(np.mean(per_layer, axis=0), size)
+        if per_layer:
+            return np.stack(maps_of_layers, axis=1), evidences[0].scores, evidences[0].targets
+        maps = maps_of_layers[0] if len(maps_of_layers) == 1 else normalise(np.mean(maps_of_layers, axis=0), size)
         return maps, evidences[0].scores, evidences[0].targets
 
     def _check_method(self, spec: Method, targets: Any, aug_smooth: bool) -> None:

@@ -178,3 +178,21 @@ def test_segmentation_and_embeddings_get_a_map_per_layer(tmp_path: Path, model: 
     for image in TWO:
         a, b = (np.load(tmp_path / "split" / f"{image.name}.gradcam.L{k}.npy") for k in (0, 1))
         assert a.max() > 0 and b.max() > 0 and not np.allclose(a, b, atol=1e-3)
+
+
+@pytest.mark.parametrize("method, aug_smooth", [("gradcam", False), ("scorecam", False), ("gradcam++", True)])
+def test_explain_scored_per_layer_is_each_layers_own_map(method: str, aug_smooth: bool) -> None:
+    """Explainer.explain_scored(per_layer=True): one run, each layer's map as explain(layer=that layer) gives it,
+    and the same scores and classes; the average of the layers is what per_layer=False returns."""
+    ex = Explainer(RESNET, layer=["stage2", "stage3"], device="cpu")
+    x = np.random.default_rng(3).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    kwargs = {"channels": 16} if method == "scorecam" else {}
+    maps, scores, chosen = ex.explain_scored(x, method, aug_smooth=aug_smooth, per_layer=True, **kwargs)
+    assert maps.shape == (2, 2, 96, 96)
+    for k, layer in enumerate(["stage2", "stage3"]):
+        alone, alone_scores, alone_chosen = ex.explain_scored(x, method, layer=layer, aug_smooth=aug_smooth,
+                                                              **kwargs)
+        np.testing.assert_allclose(maps[:, k], alone, atol=1e-5)
+        np.testing.assert_array_equal(chosen, alone_chosen)
+        np.testing.assert_allclose(scores, alone_scores, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(maps[:, 0], maps[:, 1])

@@ -232,8 +232,8 @@ class Worker:
 
     def _explain(self, x: np.ndarray, method: str, targets: Any, progress: Callable[[float], None] | None
                  ) -> np.ndarray:
-        """Maps (N, H, W) averaged over the layers, or with per_layer (N, layers, H, W): each layer explained on
-        its own, exactly as Explainer.explain(layer=that layer)."""
+        """Maps (N, H, W) averaged over the layers, or with per_layer (N, layers, H, W): each layer's own map, as
+        Explainer.explain(layer=that layer) gives it, all from one run."""
         return self._explain_scored(x, method, targets, progress)[0]
 
     def _explain_scored(self, x: np.ndarray, method: str, targets: Any, progress: Callable[[float], None] | None
@@ -241,18 +241,8 @@ class Worker:
         options = self.spec.method_options.get(method, {})
         if not self.spec.per_layer:
             return self.ex.explain_scored(x, method, targets, progress=progress, **options)
-        maps, scores, explained = [], None, None
-        for k, column in enumerate(self.layers):
-            share = _share(progress, k, len(self.layers))
-            if k == 0:  # the first layer's run also gives the scores and the class explained
-                cam, scores, explained = self.ex.explain_scored(x, method, targets, layer=column.tensor,
-                                                                progress=share, **options)
-                targets = explained if targets is None else targets
-            else:
-                cam = self.ex.explain(x, method, targets, layer=column.tensor, progress=share, **options)
-            maps.append(cam)
-        assert scores is not None and explained is not None  # an explainer always has a layer
-        return np.stack(maps, axis=1), scores, explained
+        return self.ex.explain_scored(x, method, targets, layer=[column.tensor for column in self.layers],
+                                      progress=progress, per_layer=True, **options)
 
     def _step(self, call: int, calls: int) -> Callable[[float], None] | None:
         """The progress callback of explain call `call` of `calls` in the current batch."""
@@ -379,14 +369,6 @@ def _stride_text(stride: tuple[int, int] | None) -> str | None:
     if stride is None:
         return None
     return f"stride {stride[0]}" if stride[0] == stride[1] else f"stride {stride[0]}x{stride[1]}"
-
-
-def _share(progress: Callable[[float], None] | None, part: int, parts: int) -> Callable[[float], None] | None:
-    """Part `part` of `parts` equal parts of a call's progress (one per layer)."""
-    if progress is None:
-        return None
-    report = progress
-    return lambda fraction: report((part + fraction) / parts)
 
 
 def _mark_unseen(picture: np.ndarray, unseen: np.ndarray) -> np.ndarray:
