@@ -1,6 +1,7 @@
 """Evidence for the methods: one model, its sessions (reused across calls) and the runs a method's `needs` call for.
 
-`ModelView` loads and catalogues a model once and knows its input, score, task and layouts; `EvidenceBuilder.build`
+`ModelView` knows a model's input, score, task and layouts from its facts (onnxcam.facts: read from the cache, or
+worked out from the parsed model once); `EvidenceBuilder.build`
 turns a batch into one `methods.Evidence` per layer with exactly the fields a method names in `needs`: one
 gradient, relevance or FullGrad run when it reads those, a plain forward otherwise, and only the callables (head
 runs, masked-input scores, input gradients) it declares.
