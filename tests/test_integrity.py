@@ -205,10 +205,11 @@ def test_a_full_disk_fails_the_images_it_could_not_write_and_resume_goes_on(tmp_
         summary = explain(RESNET, [images], out, device="cpu")
         assert summary.stopped is not None and "full" in summary.stopped
         records = _records(out)
-        # the image whose outputs found the disk full is recorded as failed, unless not even that line fits (the
-        # writer threads may fill what removing its outputs freed): then it is not recorded, and resume redoes it
+        # the image whose outputs found the disk full is recorded as failed: the job's reserve is given back for
+        # that line (without it, the writer threads could take what removing the image's outputs freed)
         failed = [r for r in records if r["status"] == "failed"]
-        assert all("no space left on device" in r["error"] for r in failed)
+        assert failed and all("no space left on device" in r["error"] for r in failed)
+        assert not (out / ".onnxcam-reserve").exists()
         done_before = sum(r["status"] == "ok" for r in records)
         assert 0 < done_before < 40
         # free space elsewhere: move the maps out, keep the log, and resume on a bigger folder copy
@@ -233,6 +234,7 @@ def test_collect_inputs_walks_symlink_loops_in_globs(tmp_path: Path) -> None:
 def test_results_keep_every_map_in_float32(tmp_path: Path) -> None:
     explain(RESNET, [IMAGE], tmp_path / "out", device="cpu")
     assert np.load(tmp_path / "out" / "01_circle.png.gradcam.npy").dtype == np.float32
+    assert not (tmp_path / "out" / ".onnxcam-reserve").exists()  # the room held during the run is given back
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

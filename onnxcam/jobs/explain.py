@@ -63,6 +63,8 @@ from onnxcam.targets import TASKS, TargetPlan
 __all__ = ["RESULTS", "REPORT_LIMIT", "Summary", "collect_inputs", "explain", "explain_images", "write_report"]
 
 READERS = min(2, os.cpu_count() or 1)  # decoding threads; one batch of PNG decoding is short next to inference
+RESERVE = ".onnxcam-reserve"  # see _Reserve
+RESERVE_BYTES = 256 * 1024
 WRITERS = 2  # encoding + writing threads: file system calls wait on the disk more than they use the CPU
 
 
@@ -188,13 +190,15 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
         if partial.is_symlink():  # planted: never write through it
             partial.unlink()
         log = _Log(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644))
-        with log:
+        reserve = _Reserve(folder.path(RESERVE))
+        with log, reserve:
             def emit(records: list[Record]) -> None:
                 try:
                     summary.log_image(records, log)
                 except OSError as e:  # the log's own append can be the write that finds the disk full
                     if not is_disk_full(e):
                         raise
+                    reserve.release()  # room for the line that records this image as failed
                     _log_unrecorded(records, folder, summary, log)
                     raise DiskFull("no space left on device") from None
                 tracker.emitted(records[0].get("name"))
@@ -202,6 +206,7 @@ def explain(model: ModelSource, inputs: Sequence[str | os.PathLike], out: str | 
                     on_image(records[0])
                 if any(r["status"] == "failed" and "no space left on device" in (r.get("error") or "")
                        for r in records):
+                    reserve.release()
                     raise DiskFull("no space left on device")
 
             units = _units(items, previous, folder, methods, plan, batch_size, len(ex.layer) if per_layer else 1)
@@ -241,6 +246,29 @@ def explain_ray(model: ModelSource, inputs: Sequence[str | os.PathLike], out: st
     """`explain` on Ray Data (same arguments and outputs); address: a running cluster ("auto" or
     "ray://host:10001"), None starts a local one for the call."""
     return explain(model, inputs, out, engine="ray", address=address, workers=workers, **options)
+
+
+class _Reserve:
+    """Room held in OUT while a job runs (RESERVE_BYTES of random bytes, which no file system compresses away) and
+    given back when the disk fills: the writer threads may take whatever removing an image's outputs frees, and the
+    line recording that image as failed, the results log and the report still fit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            write_bytes(path, os.urandom(RESERVE_BYTES))
+        except OSError:  # the disk is full already: the run finds out at its first write
+            self.release()
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    def __enter__(self) -> _Reserve:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class _Log:
