@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -396,12 +397,8 @@ def test_instance_masks_match_ultralytics() -> None:
     assert (ours != theirs).mean() < 1e-3, f"{(ours != theirs).sum()} pixels differ"
 
 
-@pytest.mark.parametrize(("family", "source"), [("v5", "yolov5.yaml"), ("v9", "yolov9t.yaml"),
-                                                ("v10", "yolov10n.yaml"), ("11", "yolo11.yaml"),
-                                                ("26", "yolo26.yaml")])
-def test_other_ultralytics_families(family: str, source: str, tmp_path: Path) -> None:
-    """YOLOv5u, v9, v10, 11 and 26 detectors exported afresh (Ultralytics installed: the export venv): three
-    scales, and the rows of the finest have no gradient at the coarser maps."""
+def _ultralytics_exporter() -> Any:
+    """models/ultralytics/export.py as a module, with the network forbidden (skips without Ultralytics)."""
     pytest.importorskip("ultralytics")
     import importlib.util
 
@@ -410,6 +407,16 @@ def test_other_ultralytics_families(family: str, source: str, tmp_path: Path) ->
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.forbid_network()
+    return module
+
+
+@pytest.mark.parametrize(("family", "source"), [("v5", "yolov5.yaml"), ("v9", "yolov9t.yaml"),
+                                                ("v10", "yolov10n.yaml"), ("11", "yolo11.yaml"),
+                                                ("26", "yolo26.yaml")])
+def test_other_ultralytics_families(family: str, source: str, tmp_path: Path) -> None:
+    """YOLOv5u, v9, v10, 11 and 26 detectors exported afresh (Ultralytics installed: the export venv): three
+    scales, and the rows of the finest have no gradient at the coarser maps."""
+    module = _ultralytics_exporter()
     path = module.export("detect", tmp_path, out=tmp_path, family=family, source=source, target=f"{family}.onnx")
     assert not module._attempts
     model = load_model(path)
@@ -438,14 +445,7 @@ def test_other_ultralytics_families(family: str, source: str, tmp_path: Path) ->
 def test_nms_inside_the_graph(tmp_path: Path) -> None:
     """An Ultralytics export with NMS inside (nms=True): onnxcam explains the raw predictions before it, and their
     rows still split into the three scales (the exposed tensor is declared by rank only; its sizes are known)."""
-    pytest.importorskip("ultralytics")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ultralytics_export", ULTRALYTICS / "export.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.forbid_network()
+    module = _ultralytics_exporter()
     path = module.export("detect", tmp_path, out=tmp_path, target="nms.onnx", nms=True)
     ex = onnxcam.Explainer(path, providers=["CPUExecutionProvider"])
     assert ex.notes and "NonMaxSuppression" in ex.notes[0]
