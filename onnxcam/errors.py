@@ -5,6 +5,11 @@ import re
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def escape_controls(text: str) -> str:
+    """Control characters (line breaks, terminal escapes) as \\xNN: text from models and file systems, shown safely."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 class OnnxcamError(Exception):
     """Base class; the CLI prints str(error) on one line and exits non-zero.
 
@@ -13,7 +18,7 @@ class OnnxcamError(Exception):
 
     def __init__(self, *args: object) -> None:
         if len(args) == 1 and isinstance(args[0], str):
-            args = (_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", args[0]),)
+            args = (escape_controls(args[0]),)
         super().__init__(*args)
 
 

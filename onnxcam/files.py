@@ -23,9 +23,8 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxcam.errors import InputError
+from onnxcam.errors import InputError, escape_controls
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 NAME_LIMIT = 180  # bytes of a file name we write, leaving room for ".<method>.c<k>.png" and our temporary suffix
 
 
@@ -152,7 +151,7 @@ def safe_name(relative: str) -> str:
 def _escape(text: str) -> str:
     """Undecodable bytes (surrogate-escaped by the OS layer) and control characters as \\xNN."""
     text = "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return escape_controls(text)
 
 
 def printable(text: str) -> str:

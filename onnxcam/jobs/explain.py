@@ -64,7 +64,7 @@ __all__ = ["RESULTS", "REPORT_LIMIT", "Summary", "collect_inputs", "explain", "e
 
 READERS = min(2, os.cpu_count() or 1)  # decoding threads; one batch of PNG decoding is short next to inference
 RESERVE = ".onnxcam-reserve"  # see _Reserve
-RESERVE_BYTES = 256 * 1024
+RESERVE_BYTES = 64 * 1024  # many result lines; small beside a disk, and beside the test's 1.2 MB one
 WRITERS = 2  # encoding + writing threads: file system calls wait on the disk more than they use the CPU
 
 
