@@ -266,7 +266,8 @@ def externalise(model: onnx.ModelProto, folder: Path, external: Path | None = No
     into folder/weights.bin, leaving external-data references; returns the manifest. Tensors already external
     are read from `external`."""
     import numpy as np
-    import onnx
+
+    from onnxcam.graph.protos import TensorProto
 
     graph = model.graph
     _constants_to_initializers(graph)
@@ -278,7 +279,7 @@ def externalise(model: onnx.ModelProto, folder: Path, external: Path | None = No
         for tensor in graph.initializer:
             if tensor.data_type not in _NUMPY_TYPES:
                 continue
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            if tensor.data_location == TensorProto.EXTERNAL:
                 if mapped is None:
                     continue
                 place = {e.key: e.value for e in tensor.external_data}
@@ -292,7 +293,7 @@ def externalise(model: onnx.ModelProto, folder: Path, external: Path | None = No
             manifest[tensor.name] = [offset, length, _NUMPY_TYPES[tensor.data_type], list(tensor.dims)]
             for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                 tensor.ClearField(field)
-            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.data_location = TensorProto.EXTERNAL
             del tensor.external_data[:]
             for key, value in (("location", WEIGHTS), ("offset", str(offset)), ("length", str(length))):
                 entry = tensor.external_data.add()
@@ -302,11 +303,11 @@ def externalise(model: onnx.ModelProto, folder: Path, external: Path | None = No
 
 def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     """Large Constant nodes (some exporters keep weights in them) become initializers, so they are shared too."""
-    import onnx
+    from onnxcam.graph.protos import AttributeProto
 
     kept = []
     for node in graph.node:
-        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR),
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == AttributeProto.TENSOR),
                      None)
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None \
                 and len(node.attribute) == 1 and _nbytes(value) >= EXTERNAL_MIN:
@@ -332,9 +333,9 @@ def _nbytes(tensor: onnx.TensorProto) -> int:
 def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
     if tensor.HasField("raw_data"):
         return tensor.raw_data
-    from onnx import numpy_helper
+    from onnxcam.graph.protos import to_array
 
-    return numpy_helper.to_array(tensor).astype(_NUMPY_TYPES[tensor.data_type]).tobytes()
+    return to_array(tensor).astype(_NUMPY_TYPES[tensor.data_type]).tobytes()
 
 
 class BlobStore:

@@ -81,9 +81,8 @@ class ModelFacts:
         """The model, loaded (a job goes on to explain it: one parse serves both), else as the file has it, when
         it cannot be loaded: its inputs may say why (a text model, an unbatched image), which a user should read
         rather than a loading error."""
-        import onnx
-
         from onnxcam.errors import ModelError
+        from onnxcam.graph.protos import load
 
         try:
             return self.model
@@ -91,7 +90,7 @@ class ModelFacts:
             if not isinstance(self.source, (str, os.PathLike)) or not os.path.isfile(self.source):
                 raise
             try:
-                return onnx.load(os.fspath(self.source), load_external_data=False)
+                return load(self.source)
             except Exception:  # protobuf's DecodeError and friends: load_model's message says it better
                 pass
             raise
@@ -125,9 +124,9 @@ def release(facts: ModelFacts | None = None) -> None:
 
 
 def prefetch_graph_code(source: ModelSource) -> None:
-    """Start importing the graph code (and onnx, whose import alone can take half a second) on a thread when the
-    model's facts are not in the cache: a first run needs it, and the import overlaps the rest of the start-up
-    (onnx's extension modules release the interpreter while they load). A warm run starts nothing."""
+    """Start importing the graph code on a thread, and hashing the model file on another, when the model's facts
+    are not in the cache: a first run needs both, and they overlap the rest of the start-up (the hash releases the
+    interpreter). A warm run starts nothing."""
     try:
         if read_facts(model_identity(source)):
             return
@@ -148,7 +147,7 @@ def _hash_quietly(source: str | os.PathLike) -> None:
 def _import_graph_code() -> None:
     import importlib
 
-    for module in ("onnx", "onnxcam.graph.load", "onnxcam.graph.survey", "onnxcam.graph.reverse.model"):
+    for module in ("onnxcam.graph.load", "onnxcam.graph.survey", "onnxcam.graph.reverse.model"):
         try:
             importlib.import_module(module)
         except Exception:  # the main thread's own import says what is wrong

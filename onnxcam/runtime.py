@@ -249,9 +249,9 @@ def _optimise(identity: str, name: str, model: Variant | bytes, source: object =
                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot load the model: {_last_line(exc)}") from None
-        import onnx
+        from onnxcam.graph.protos import load
 
-        return store_variant(identity, name, onnx.load(str(graph), load_external_data=False), source, blobs)
+        return store_variant(identity, name, load(graph), source, blobs)
     finally:
         for path in (graph, blobs):
             with contextlib.suppress(OSError):

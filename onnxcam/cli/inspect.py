@@ -102,9 +102,9 @@ def describe_model(model_path: Path) -> dict[str, Any]:
 
 
 def _type_name(elem_type: int | None) -> str:
-    import onnx
+    from onnxcam.graph.protos import type_name
 
-    return "unknown" if elem_type is None else onnx.TensorProto.DataType.Name(elem_type).lower()
+    return "unknown" if elem_type is None else type_name(elem_type).lower()
 
 
 def _print_inspect(info: dict[str, Any], all_layers: bool) -> None:

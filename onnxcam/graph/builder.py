@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
+from onnxcam.graph.protos import GraphProto, NodeProto, TensorProto, from_array, make_node, np_dtype, to_array
 from onnxcam.graph.quantized import dequantized_constant
 from onnxcam.graph.topo import Shape, elem_types, static_shapes
 
@@ -22,13 +21,13 @@ _AXES_AS_INPUT_DEFAULT = 18
 
 
 class Builder:
-    def __init__(self, graph: onnx.GraphProto, opset: int, prefix: str = "onnxcam") -> None:
+    def __init__(self, graph: GraphProto, opset: int, prefix: str = "onnxcam") -> None:
         self.graph = graph
         self.opset = opset
         self.prefix = prefix
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
-        self._new_initializers: list[onnx.TensorProto] = []
+        self.nodes: list[NodeProto] = []
+        self.initializers: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
+        self._new_initializers: list[TensorProto] = []
         self._count = 0
         self._shapes = static_shapes(graph)
         self._types = elem_types(graph)
@@ -43,7 +42,7 @@ class Builder:
         """Append one node; return its output name, or a list of names when outputs > 1."""
         names = [self.fresh(op_type) for _ in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        node = helper.make_node(op_type, [i or "" for i in inputs], names, name=self.fresh(op_type + "_node"),
+        node = make_node(op_type, [i or "" for i in inputs], names, name=self.fresh(op_type + "_node"),
                                 **attrs)
         self.nodes.append(node)
         return names[0] if outputs == 1 else names
@@ -54,7 +53,7 @@ class Builder:
         key = (array.tobytes(), array.dtype.str, array.shape)
         if key not in self._consts:
             name = self.fresh("const")
-            tensor = numpy_helper.from_array(array, name)
+            tensor = from_array(array, name)
             self._new_initializers.append(tensor)
             self.initializers[name] = tensor
             self._consts[key] = name
@@ -68,7 +67,7 @@ class Builder:
         """A scalar constant of `like`'s element type (float32 unless known otherwise)."""
         return self.const(np.asarray(value, dtype=self.np_dtype(like)))
 
-    def finish(self) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    def finish(self) -> tuple[list[NodeProto], list[TensorProto]]:
         return self.nodes, self._new_initializers
 
     # --- static facts ------------------------------------------------------------------------------------------
@@ -84,13 +83,13 @@ class Builder:
         tensor = self.initializers.get(name)
         if tensor is None:
             return dequantized_constant(self.graph, self.initializers, name)
-        return numpy_helper.to_array(tensor)
+        return to_array(tensor)
 
     def elem_type(self, name: str) -> int:
-        return self._types.get(name, onnx.TensorProto.FLOAT)
+        return self._types.get(name, TensorProto.FLOAT)
 
     def np_dtype(self, name: str) -> Any:
-        return helper.tensor_dtype_to_np_dtype(self.elem_type(name))
+        return np_dtype(self.elem_type(name))
 
     def set_shape(self, name: str, shape: Shape | None, elem_type: int | None = None) -> None:
         if shape is not None:
@@ -129,11 +128,11 @@ class Builder:
 
     def zeros_like(self, x: str) -> str:
         dtype = self.np_dtype(x)
-        return self.op("ConstantOfShape", self.shape(x), value=numpy_helper.from_array(np.zeros(1, dtype)))
+        return self.op("ConstantOfShape", self.shape(x), value=from_array(np.zeros(1, dtype)))
 
     def ones_like(self, x: str) -> str:
         dtype = self.np_dtype(x)
-        return self.op("ConstantOfShape", self.shape(x), value=numpy_helper.from_array(np.ones(1, dtype)))
+        return self.op("ConstantOfShape", self.shape(x), value=from_array(np.ones(1, dtype)))
 
     def cast_like(self, x: str, like: str) -> str:
         return self.op("CastLike", x, like) if self.opset >= 15 else self.op("Cast", x, to=self.elem_type(like))
@@ -161,7 +160,7 @@ class Builder:
         x_shape = self.op("Shape", x)
         # Left-pad x's shape with ones to grad's rank: Concat(ones(rank_g - rank_x), x_shape).
         pad_len = self.op("Sub", self.op("Shape", grad_shape), self.op("Shape", x_shape))
-        ones = self.op("ConstantOfShape", pad_len, value=numpy_helper.from_array(np.ones(1, np.int64)))
+        ones = self.op("ConstantOfShape", pad_len, value=from_array(np.ones(1, np.int64)))
         padded = self.op("Concat", ones, x_shape, axis=0)
         differs = self.op("Not", self.op("Equal", padded, grad_shape))
         axes = self.op("Reshape", self.op("NonZero", differs), self.ints([-1]))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import onnx
-
 from onnxcam.errors import LayerError, ModelError
 from onnxcam.graph import tokens
 from onnxcam.graph.contract import TensorInfo, guess_layout
 from onnxcam.graph.dominators import dominator_chain, dominators
 from onnxcam.graph.load import FLOAT_TYPES
+from onnxcam.graph.protos import ModelProto, NodeProto, TensorProto
 from onnxcam.graph.topo import Shape, ancestors, elem_types, static_shapes
 
 # Ops that keep the layout of their (first) input.
@@ -27,7 +26,7 @@ NORMALISERS = {"Softmax", "LogSoftmax", "Sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 
 
-def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
+def catalogue(model: ModelProto) -> list[TensorInfo]:
     """Graph inputs and every node output, in graph order."""
     graph = model.graph
     shapes, types = static_shapes(graph), elem_types(graph)
@@ -36,7 +35,7 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
 
     def add(name: str, op_type: str, node_name: str, layout_hint: str | None) -> None:
         shape = shapes.get(name)
-        is_float = types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
+        is_float = types.get(name, TensorProto.FLOAT) in FLOAT_TYPES
         # Inputs keep their layout whatever their dtype: uint8 images are images too.
         image_hint = layout_hint if layout_hint in ("NCHW", "NHWC") else None
         grid = _layout(shape, image_hint)
@@ -64,7 +63,7 @@ def catalogue(model: onnx.ModelProto) -> list[TensorInfo]:
     return infos
 
 
-def _layout_hint(node: onnx.NodeProto, layouts: dict[str, str | None]) -> str | None:
+def _layout_hint(node: NodeProto, layouts: dict[str, str | None]) -> str | None:
     if node.op_type in _NCHW_PRODUCERS:
         return "NCHW"
     if node.op_type in _LAYOUT_KEEPING:
@@ -123,7 +122,7 @@ def _layout(shape: Shape | None, hint: str | None) -> str | None:
     return hint
 
 
-def find_score(model: onnx.ModelProto, output: str | None = None, probabilities: bool = False) -> tuple[str, str]:
+def find_score(model: ModelProto, output: str | None = None, probabilities: bool = False) -> tuple[str, str]:
     """The tensor to differentiate and the graph output it stands for.
 
     Picks `output` or the first float graph output of rank 2 (else the first float output). When that output is
@@ -140,7 +139,7 @@ def find_score(model: onnx.ModelProto, output: str | None = None, probabilities:
             raise LayerError(f"model has no output '{output}'; outputs are: {', '.join(names)}")
         chosen = output
     else:
-        floats = [n for n in names if types.get(n, onnx.TensorProto.FLOAT) in FLOAT_TYPES]
+        floats = [n for n in names if types.get(n, TensorProto.FLOAT) in FLOAT_TYPES]
         if not floats:
             raise ModelError("the model has no float output to explain")
         ranked = [n for n in floats if len(shapes.get(n) or ()) == 2]
@@ -156,7 +155,7 @@ def find_score(model: onnx.ModelProto, output: str | None = None, probabilities:
     return name if name != chosen and _quantized_output(chosen, producer) else chosen, chosen
 
 
-def _quantized_output(name: str, producer: dict[str, onnx.NodeProto]) -> bool:
+def _quantized_output(name: str, producer: dict[str, NodeProto]) -> bool:
     node = producer.get(name)
     if node is None or node.op_type != "DequantizeLinear":
         return False
@@ -164,7 +163,7 @@ def _quantized_output(name: str, producer: dict[str, onnx.NodeProto]) -> bool:
     return before is not None and before.op_type == "QuantizeLinear"
 
 
-def _before_output_quantization(name: str, producer: dict[str, onnx.NodeProto]) -> str:
+def _before_output_quantization(name: str, producer: dict[str, NodeProto]) -> str:
     """The float tensor before a final QuantizeLinear -> DequantizeLinear pair: int8 models quantise their
     logits too, and a logit above the calibrated range would otherwise have no gradient at all."""
     if not _quantized_output(name, producer):
@@ -172,7 +171,7 @@ def _before_output_quantization(name: str, producer: dict[str, onnx.NodeProto]) 
     return producer[producer[name].input[0]].input[0]
 
 
-def default_layer(model: onnx.ModelProto, score: str, infos: list[TensorInfo] | None = None) -> str:
+def default_layer(model: ModelProto, score: str, infos: list[TensorInfo] | None = None) -> str:
     """The last spatial feature map (in graph order) that the score depends on and that every path from the image
     to the score passes through; for a transformer whose head reads the class token, the last token tensor before
     the last attention (see tokens.class_token_default).

@@ -3,9 +3,8 @@ raw predictions that feed a NonMaxSuppression inside the graph."""
 
 from __future__ import annotations
 
-import onnx
-
 from onnxcam.graph.catalogue import TensorInfo
+from onnxcam.graph.protos import ModelProto, NodeProto
 from onnxcam.graph.reverse.model import expose
 from onnxcam.graph.topo import ancestors, static_shapes
 
@@ -13,7 +12,7 @@ from onnxcam.graph.topo import ancestors, static_shapes
 SELECTION_OPS = {"NonMaxSuppression", "TopK"}
 
 
-def head_input(model: onnx.ModelProto, score: str, infos: list[TensorInfo]) -> str | None:
+def head_input(model: ModelProto, score: str, infos: list[TensorInfo]) -> str | None:
     """The spatial input of the last Conv the score depends on: for a segmentation or detection model, the feature
     map its class head reads (the last spatial tensor is usually the head's own output: per-class logits)."""
     needed = ancestors(list(model.graph.node), score)
@@ -24,7 +23,7 @@ def head_input(model: onnx.ModelProto, score: str, infos: list[TensorInfo]) -> s
     return None
 
 
-def shared_head_input(model: onnx.ModelProto, score: str, infos: list[TensorInfo]) -> str | None:
+def shared_head_input(model: ModelProto, score: str, infos: list[TensorInfo]) -> str | None:
     """The last spatial tensor that every final convolution before the score depends on (a final convolution
     feeds no other convolution on the way to the score).
 
@@ -49,13 +48,13 @@ def shared_head_input(model: onnx.ModelProto, score: str, infos: list[TensorInfo
     return next((name for name in reversed(spatial) if name in shared), None)
 
 
-def selection_nodes(model: onnx.ModelProto, output: str) -> list[onnx.NodeProto]:
+def selection_nodes(model: ModelProto, output: str) -> list[NodeProto]:
     """The NonMaxSuppression / TopK nodes that `output` depends on."""
     needed = ancestors(list(model.graph.node), output)
     return [n for n in model.graph.node if n.op_type in SELECTION_OPS and any(o in needed for o in n.output)]
 
 
-def pre_nms_tensor(model: onnx.ModelProto, output: str) -> str | None:
+def pre_nms_tensor(model: ModelProto, output: str) -> str | None:
     """The raw prediction tensor (rank 3: batch x boxes x attributes, either way round) that both the boxes and
     the scores of the NMS before `output` come from: the last such tensor in graph order, or None."""
     nms = [n for n in selection_nodes(model, output) if n.op_type == "NonMaxSuppression"]
@@ -69,7 +68,7 @@ def pre_nms_tensor(model: onnx.ModelProto, output: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-def prefer_pre_nms(model: onnx.ModelProto, output: str | None) -> tuple[onnx.ModelProto, str | None, list[str]]:
+def prefer_pre_nms(model: ModelProto, output: str | None) -> tuple[ModelProto, str | None, list[str]]:
     """With no output chosen and NMS inside the graph: the model with the raw predictions exposed as an output,
     that output's name, and a note saying so; otherwise the arguments unchanged (and a note when NMS has no raw
     tensor to fall back on)."""
@@ -94,7 +93,7 @@ def prefer_pre_nms(model: onnx.ModelProto, output: str | None) -> tuple[onnx.Mod
                           f"'{raw}' before it"]
 
 
-def nms_classes(model: onnx.ModelProto) -> int | None:
+def nms_classes(model: ModelProto) -> int | None:
     """The class count of the first NonMaxSuppression's scores input (batch, classes, boxes), when static."""
     nms = next((n for n in model.graph.node if n.op_type == "NonMaxSuppression"), None)
     shape = static_shapes(model.graph).get(nms.input[1]) if nms is not None and len(nms.input) > 1 else None

@@ -7,15 +7,14 @@ per-scale head starts at the one feature map its rows are computed from (onnxcam
 
 from __future__ import annotations
 
-import onnx
-
 from onnxcam.graph.load import FLOAT_TYPES
+from onnxcam.graph.protos import ModelProto, TensorProto
 from onnxcam.graph.topo import elem_types as _elem_types
 
-_FLOAT = onnx.TensorProto.FLOAT
+_FLOAT = TensorProto.FLOAT
 
 
-def dominators(model: onnx.ModelProto, root: str) -> dict[str, str | None]:
+def dominators(model: ModelProto, root: str) -> dict[str, str | None]:
     """The immediate dominator of every tensor computed from `root` (None for `root`): the nearest tensor that
     every path of values from `root` to it passes through. Paths through integer and boolean tensors (shape
     arithmetic: a Reshape whose target shape is read from another scale's feature map) do not count: no value,
@@ -58,7 +57,7 @@ def dominator_chain(name: str, idom: dict[str, str | None]) -> list[str]:
     return chain
 
 
-def value_ancestors(model: onnx.ModelProto, name: str) -> set[str]:
+def value_ancestors(model: ModelProto, name: str) -> set[str]:
     """The float tensors `name` is computed from along paths of values (not through shape arithmetic), itself
     included."""
     types = _elem_types(model.graph)

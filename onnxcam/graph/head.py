@@ -10,10 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from onnxcam.graph.contract import SCALE
+from onnxcam.graph.protos import (
+    ModelProto,
+    NodeProto,
+    TensorProto,
+    ValueInfoProto,
+    attribute_value,
+    make_graph,
+    make_model,
+    make_node,
+    make_tensor_value_info,
+    to_array,
+)
 from onnxcam.graph.quantized import constant_array
 from onnxcam.graph.reverse.model import check_tensors
 from onnxcam.graph.topo import ancestors, elem_types, static_shapes
@@ -21,13 +31,13 @@ from onnxcam.graph.topo import ancestors, elem_types, static_shapes
 
 @dataclass
 class Head:
-    model: onnx.ModelProto
+    model: ModelProto
     tensor: str             # the cut tensor, first input of `model`
     extra_inputs: list[str]  # other tensors of the full model that the head reads
     scale: str | None = None  # with scale=True: an input broadcast-multiplied with the cut tensor
 
 
-def extract_head(model: onnx.ModelProto, tensor: str, output: str, scale: bool = False) -> Head:
+def extract_head(model: ModelProto, tensor: str, output: str, scale: bool = False) -> Head:
     """The head after `tensor`. scale=True adds an input multiplied (with broadcasting) into the cut tensor, so
     one image's features and a batch of channel masks (B, K, 1, 1) make B perturbed copies inside the runtime."""
     check_tensors(model, [tensor, output])
@@ -46,28 +56,28 @@ def extract_head(model: onnx.ModelProto, tensor: str, output: str, scale: bool =
     shapes, types = static_shapes(graph), elem_types(graph)
     used = {name for node in nodes for name in node.input}
 
-    def value(name: str) -> onnx.ValueInfoProto:
+    def value(name: str) -> ValueInfoProto:
         shape = shapes.get(name)
-        return helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT),
+        return make_tensor_value_info(name, types.get(name, TensorProto.FLOAT),
                                              list(shape) if shape is not None else None)
 
     inputs = [value(tensor)] + [value(n) for n in extra]
     if scale:
         scaled = f"{tensor}/onnxcam_scaled"
         nodes = [_reading(node, tensor, scaled) for node in nodes]
-        nodes.insert(0, helper.make_node("Mul", [tensor, SCALE], [scaled], name="onnxcam/scale"))
+        nodes.insert(0, make_node("Mul", [tensor, SCALE], [scaled], name="onnxcam/scale"))
         rank = len(shapes.get(tensor) or ())
-        inputs.append(helper.make_tensor_value_info(SCALE, types.get(tensor, onnx.TensorProto.FLOAT),
+        inputs.append(make_tensor_value_info(SCALE, types.get(tensor, TensorProto.FLOAT),
                                                     [f"scale_{i}" for i in range(rank)] if rank else None))
-    head_graph = helper.make_graph(
+    head_graph = make_graph(
         nodes, f"{graph.name}_head", inputs, [value(output)], [t for t in graph.initializer if t.name in used])
-    head = helper.make_model(head_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    head = make_model(head_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     head.functions.extend(model.functions)
     return Head(head, tensor, extra, SCALE if scale else None)
 
 
-def _reading(node: onnx.NodeProto, old: str, new: str) -> onnx.NodeProto:
-    copy = onnx.NodeProto()
+def _reading(node: NodeProto, old: str, new: str) -> NodeProto:
+    copy = NodeProto()
     copy.CopyFrom(node)
     for i, name in enumerate(copy.input):
         if name == old:
@@ -82,11 +92,11 @@ _SPATIAL_REDUCTIONS = {"ReduceMean", "ReduceMax", "ReduceSum"}
 _RELABELS = {"Flatten", "Squeeze", "Reshape"}
 
 
-def pooled_channels(model: onnx.ModelProto, tensor: str, layout: str) -> str | None:
+def pooled_channels(model: ModelProto, tensor: str, layout: str) -> str | None:
     """The tensor after global pooling of `tensor`'s channels, when the path there is a plain chain of channel-wise,
     zero-preserving ops (ReLU, global pooling, reductions over the spatial axes, reshapes of pooled data); None
     when there is no such pooled tensor (then perturb `tensor` itself)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    consumers: dict[str, list[NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
@@ -116,13 +126,13 @@ def pooled_channels(model: onnx.ModelProto, tensor: str, layout: str) -> str | N
     return pooled
 
 
-def _reduce_axes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | None:
+def _reduce_axes(model: ModelProto, node: NodeProto) -> list[int] | None:
     for attr in node.attribute:
         if attr.name == "axes":
             return list(attr.ints)
     weights = {t.name: t for t in model.graph.initializer}
     if len(node.input) > 1 and node.input[1] in weights:
-        return [int(a) for a in numpy_helper.to_array(weights[node.input[1]]).reshape(-1)]
+        return [int(a) for a in to_array(weights[node.input[1]]).reshape(-1)]
     return None
 
 
@@ -131,9 +141,9 @@ def _reduce_axes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[int] | No
 _RESHAPES = {"Flatten", "Reshape", "Squeeze", "Identity", "QuantizeLinear", "DequantizeLinear"}
 
 
-def linear_head_weights(model: onnx.ModelProto, layer: str, score: str) -> np.ndarray | None:
+def linear_head_weights(model: ModelProto, layer: str, score: str) -> np.ndarray | None:
     """(classes, K) weights when `score` = Linear(GlobalAveragePool(layer)), else None."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    consumers: dict[str, list[NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
@@ -154,7 +164,7 @@ def linear_head_weights(model: onnx.ModelProto, layer: str, score: str) -> np.nd
         if value is None:  # not a linear layer with constant (float or quantised) weights
             return None
         matrix = value.astype(np.float64)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {a.name: attribute_value(a) for a in node.attribute}
         if node.op_type == "Gemm":
             matrix = matrix * attrs.get("alpha", 1.0)
             matrix = matrix if attrs.get("transB", 0) else matrix.T
@@ -167,18 +177,18 @@ def linear_head_weights(model: onnx.ModelProto, layer: str, score: str) -> np.nd
         return matrix if out == score else None
 
 
-def _is_global_pool(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
+def _is_global_pool(node: NodeProto, weights: dict[str, TensorProto]) -> bool:
     if node.op_type == "GlobalAveragePool":
         return True
     if node.op_type != "ReduceMean":
         return False
-    axes = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "axes"), None)
+    axes = next((list(attribute_value(a)) for a in node.attribute if a.name == "axes"), None)
     if len(node.input) > 1 and node.input[1] in weights:  # axes became an input in opset 18
-        axes = numpy_helper.to_array(weights[node.input[1]]).tolist()
+        axes = to_array(weights[node.input[1]]).tolist()
     return axes is not None and sorted(int(a) % 4 for a in axes) in ([2, 3], [1, 2])
 
 
-def biased_outputs(model: onnx.ModelProto, score: str) -> dict[str, np.ndarray]:
+def biased_outputs(model: ModelProto, score: str) -> dict[str, np.ndarray]:
     """Output tensor -> bias (K,) of each rank-4 Conv with a constant bias and each rank-4 BatchNormalization
     (its effective bias) that `score` depends on; FullGrad differentiates the score w.r.t. these outputs."""
     graph = model.graph
@@ -194,7 +204,7 @@ def biased_outputs(model: onnx.ModelProto, score: str) -> dict[str, np.ndarray]:
         if bias is not None:  # a float or a quantised (DequantizeLinear of int32) constant bias
             out[name] = bias.astype(np.float64)
         elif node.op_type == "BatchNormalization" and all(n in weights for n in node.input[1:5]):
-            scale, bias, mean, var = (numpy_helper.to_array(weights[n]).astype(np.float64) for n in node.input[1:5])
-            eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)
+            scale, bias, mean, var = (to_array(weights[n]).astype(np.float64) for n in node.input[1:5])
+            eps = next((attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)
             out[name] = bias - mean * scale / np.sqrt(var + eps)
     return out

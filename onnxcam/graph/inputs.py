@@ -11,49 +11,49 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+
+from onnxcam.graph.protos import ModelProto, NodeProto, ValueInfoProto, from_array, make_node, np_dtype
 
 
-def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+def data_inputs(model: ModelProto) -> list[ValueInfoProto]:
     """The graph inputs that take data (initializers listed as inputs are weights, not inputs)."""
     weights = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in weights]
 
 
-def input_signature(value: onnx.ValueInfoProto) -> tuple[np.dtype, list[int | str | None]]:
+def input_signature(value: ValueInfoProto) -> tuple[np.dtype, list[int | str | None]]:
     """(numpy dtype, dims: ints, symbolic names or None) of a graph input."""
     tensor = value.type.tensor_type
     dims: list[int | str | None] = [d.dim_value if d.HasField("dim_value") else d.dim_param or None
                                     for d in tensor.shape.dim]
-    return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims
+    return np.dtype(np_dtype(tensor.elem_type)), dims
 
 
-def fold_inputs(model: onnx.ModelProto, values: Mapping[str, np.ndarray], image: str) -> onnx.ModelProto:
+def fold_inputs(model: ModelProto, values: Mapping[str, np.ndarray], image: str) -> ModelProto:
     """A copy of `model` whose inputs named in `values` are constants (cast to each input's dtype). `image`: the
     input whose batch a per-image value follows."""
-    out = onnx.ModelProto()
+    out = ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     declared = {i.name: i for i in graph.input}
     kept = [i for i in graph.input if i.name not in values]
     del graph.input[:]
     graph.input.extend(kept)
-    head: list[onnx.NodeProto] = []
+    head: list[NodeProto] = []
     for name, value in values.items():
         dtype, dims = input_signature(declared[name])
         array = np.asarray(value, dtype)
         per_image = array.ndim >= 1 and array.shape[0] == 1 and bool(dims) and not isinstance(dims[0], int)
         if not per_image:
-            graph.initializer.append(numpy_helper.from_array(array, name))
+            graph.initializer.append(from_array(array, name))
             continue
         # the image batch's size, then Expand: (1, ...) -> (N, ...)
         stem = f"{name}__onnxcam"
-        graph.initializer.extend([numpy_helper.from_array(array, f"{stem}_value"),
-                                  numpy_helper.from_array(np.asarray(array.shape[1:], np.int64), f"{stem}_rest")])
-        head += [helper.make_node("Shape", [image], [f"{stem}_shape"], start=0, end=1),
-                 helper.make_node("Concat", [f"{stem}_shape", f"{stem}_rest"], [f"{stem}_target"], axis=0),
-                 helper.make_node("Expand", [f"{stem}_value", f"{stem}_target"], [name])]
+        graph.initializer.extend([from_array(array, f"{stem}_value"),
+                                  from_array(np.asarray(array.shape[1:], np.int64), f"{stem}_rest")])
+        head += [make_node("Shape", [image], [f"{stem}_shape"], start=0, end=1),
+                 make_node("Concat", [f"{stem}_shape", f"{stem}_rest"], [f"{stem}_target"], axis=0),
+                 make_node("Expand", [f"{stem}_value", f"{stem}_target"], [name])]
     if head:
         nodes = head + list(graph.node)
         del graph.node[:]

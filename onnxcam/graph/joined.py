@@ -8,15 +8,13 @@ to its own output. Everything else (scores, sessions, perturbation runs) sees an
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-import onnx
 from google.protobuf.message import DecodeError
-from onnx import helper
 
 from onnxcam.errors import InputError, ModelError
 from onnxcam.graph.load import ModelSource, model_name
+from onnxcam.graph.protos import ModelProto, TensorProto, load, make_node, make_tensor, make_tensor_value_info
 from onnxcam.graph.topo import elem_types, static_shapes
 
 JOINED_PREFIX = "onnxcam_joined:"
@@ -26,7 +24,7 @@ def joined_name(outputs: Sequence[str]) -> str:
     return JOINED_PREFIX + "+".join(outputs)
 
 
-def join_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> tuple[onnx.ModelProto, str,
+def join_outputs(model: ModelProto, outputs: Sequence[str]) -> tuple[ModelProto, str,
                                                                            tuple[tuple[int, ...], ...]]:
     """A copy of `model` with one more output, (N, sum of the outputs' sizes per image): `outputs` each reshaped to
     (N, -1), concatenated in order. Returns the model, the new output's name and each output's shape per image
@@ -45,22 +43,22 @@ def join_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> tuple[onnx.M
                              "outputs together needs their sizes per image fixed (export with a static input size, "
                              "e.g. Ultralytics' dynamic=False)")
         parts.append(tuple(d for d in shape[1:] if isinstance(d, int)))
-    element = {types.get(name, onnx.TensorProto.FLOAT) for name in outputs}
+    element = {types.get(name, TensorProto.FLOAT) for name in outputs}
     if len(element) != 1:
         raise InputError(f"outputs {', '.join(outputs)} have different element types; they cannot be joined")
     joined = joined_name(outputs)
-    out = onnx.ModelProto()
+    out = ModelProto()
     out.CopyFrom(model)
-    flat_shape = helper.make_tensor(f"{joined}/shape", onnx.TensorProto.INT64, [2], [0, -1])  # keep the batch
+    flat_shape = make_tensor(f"{joined}/shape", TensorProto.INT64, [2], [0, -1])  # keep the batch
     out.graph.initializer.append(flat_shape)
     flat = [f"{joined}/flat{k}" for k in range(len(outputs))]
     for k, name in enumerate(outputs):
-        out.graph.node.append(helper.make_node("Reshape", [name, flat_shape.name], [flat[k]],
+        out.graph.node.append(make_node("Reshape", [name, flat_shape.name], [flat[k]],
                                                name=f"{joined}/reshape{k}"))
-    out.graph.node.append(helper.make_node("Concat", flat, [joined], name=f"{joined}/concat", axis=1))
+    out.graph.node.append(make_node("Concat", flat, [joined], name=f"{joined}/concat", axis=1))
     size = sum(int(_product(p)) for p in parts)
     batch = shapes[outputs[0]][0]  # type: ignore[index]
-    out.graph.output.append(helper.make_tensor_value_info(joined, element.pop(),
+    out.graph.output.append(make_tensor_value_info(joined, element.pop(),
                                                           [batch if isinstance(batch, (int, str)) else None, size]))
     return out, joined, tuple(parts)
 
@@ -81,13 +79,11 @@ def detections_and_prototypes(source: ModelSource) -> tuple[str, str]:
     return ranked[3][0], ranked[4][0]
 
 
-def _declared(source: ModelSource) -> onnx.ModelProto:
-    if isinstance(source, onnx.ModelProto):
+def _declared(source: ModelSource) -> ModelProto:
+    if isinstance(source, ModelProto):
         return source
     try:
-        if isinstance(source, bytes):
-            return onnx.load_from_string(source)
-        return onnx.load(os.fspath(source), load_external_data=False)
+        return load(source)
     except (OSError, ValueError, DecodeError) as e:
         raise ModelError(f"cannot read the model {model_name(source)}: {e}") from None
 

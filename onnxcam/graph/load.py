@@ -9,25 +9,46 @@ and inferred shapes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
-from onnx import ModelProto, helper, numpy_helper, shape_inference, version_converter
 
 from onnxcam.errors import ModelError
 from onnxcam.graph.contract import ModelSource
 from onnxcam.graph.contract import model_name as model_name
+from onnxcam.graph.protos import (
+    GraphProto,
+    ModelProto,
+    NodeProto,
+    OperatorSetIdProto,
+    TensorProto,
+    ValueInfoProto,
+    convert_version,
+    from_array,
+    infer_shapes,
+    make_attribute,
+    make_graph,
+    make_model,
+    make_tensor_type_proto,
+    make_tensor_value_info,
+    np_dtype,
+    onnx_version,
+    opset_version,
+    to_array,
+)
 from onnxcam.graph.quantized import dequantize_operators, infer_across_contrib_quantization
 
 # ScatterElements with reduction="add" (MaxPool's gradient) needs opset 16.
 MIN_OPSET = 16
 # Highest IR version the supported onnxruntime releases read.
 MAX_IR_VERSION = 10
+# The IR version of the onnx release that brought opset 16 (1.11), which an upgraded model declares at least.
+MIN_IR_VERSION = 8
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"}
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 _log = logging.getLogger("onnxcam")
 
@@ -112,38 +133,64 @@ def _load_external_data(model: ModelProto, path: Path) -> None:
             raise ModelError(f"{path}: external data file '{location}' of tensor '{tensor.name}' is missing; "
                              f"put it next to the model in {folder}")
     try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+        for tensor in _tensors_with_external_data(model):
+            _read_external_data(tensor, folder)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot read external data ({exc})") from None
 
 
-def _tensors_with_external_data(model: ModelProto) -> list[onnx.TensorProto]:
-    return [t for t in onnx.external_data_helper._get_all_tensors(model)
-            if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL]
+def _read_external_data(tensor: TensorProto, folder: Path) -> None:
+    """The tensor's bytes from its file into raw_data (location, offset and length as onnx writes them)."""
+    place = {entry.key: entry.value for entry in tensor.external_data}
+    with open(folder / place["location"], "rb") as f:
+        f.seek(int(place.get("offset", 0)))
+        data = f.read(int(place["length"])) if place.get("length") else f.read()
+    if place.get("length") and len(data) != int(place["length"]):
+        raise ValueError(f"'{place['location']}' ends before tensor '{tensor.name}' does")
+    tensor.raw_data = data
+    tensor.data_location = TensorProto.DEFAULT
+    del tensor.external_data[:]
+
+
+def _tensors_with_external_data(model: ModelProto) -> list[TensorProto]:
+    return [t for t in _all_tensors(model.graph)
+            if t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL]
+
+
+def _all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    """Initializers and tensor attributes of a graph and of the graphs in its nodes' attributes."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _all_tensors(subgraph)
 
 
 def _check_opset(model: ModelProto, name: str) -> None:
-    newest = onnx.defs.onnx_opset_version()
+    newest = opset_version()
     if default_opset(model) > newest:
         opset = default_opset(model)
-        raise ModelError(f"{name} uses ONNX opset {opset}, newer than this onnx {onnx.__version__} knows "
+        raise ModelError(f"{name} uses ONNX opset {opset}, newer than this onnx {onnx_version()} knows "
                          f"(up to {newest}); upgrade onnx and onnxruntime, or re-export with an older opset")
 
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
-_PACKED = {getattr(onnx.TensorProto, name): per for name, per in
-           (("INT4", 2), ("UINT4", 2), ("FLOAT4E2M1", 2), ("INT2", 4), ("UINT2", 4)) if hasattr(onnx.TensorProto, name)}
+_PACKED = {getattr(TensorProto, name): per for name, per in
+           (("INT4", 2), ("UINT4", 2), ("FLOAT4E2M1", 2), ("INT2", 4), ("UINT2", 4)) if hasattr(TensorProto, name)}
 
 
 def _check_initializers(model: ModelProto, name: str) -> None:
     """Declared shapes must match the data held: a truncated or forged file must not make us allocate (or reshape
     into) a tensor it never contained."""
     for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type == onnx.TensorProto.STRING:
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.data_type == TensorProto.STRING:
             continue
         declared = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
         try:
-            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            itemsize = np_dtype(tensor.data_type).itemsize
         except (KeyError, ValueError):
             raise ModelError(f"{name}: initializer '{tensor.name}' has unknown data type {tensor.data_type}; the file "
                              "looks corrupt, re-export it") from None
@@ -154,7 +201,7 @@ def _check_initializers(model: ModelProto, name: str) -> None:
             held = len(tensor.raw_data) * packed if packed > 1 else len(tensor.raw_data) // max(1, itemsize)
         else:
             held = max(len(getattr(tensor, f)) for f in _TYPED_FIELDS) * packed
-            if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+            if tensor.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128):
                 held //= 2
         if held != declared:
             raise ModelError(f"{name}: initializer '{tensor.name}' declares shape {tuple(tensor.dims)} "
@@ -215,7 +262,7 @@ def _sort_nodes(model: ModelProto) -> None:
         graph.node.extend(nodes)
 
 
-def _producers(node: onnx.NodeProto, produced_by: dict[str, int]) -> list[int]:
+def _producers(node: NodeProto, produced_by: dict[str, int]) -> list[int]:
     return [produced_by[name] for name in node.input if name in produced_by]
 
 
@@ -225,7 +272,7 @@ def _upgrade_opset(model: ModelProto) -> ModelProto:
         return model
     resized = {n.output[0] for n in model.graph.node if n.op_type in ("Upsample", "Resize") and opset < 11}
     try:
-        upgraded = version_converter.convert_version(model, MIN_OPSET)
+        upgraded = convert_version(model, MIN_OPSET)
     except Exception as exc:  # the converter raises bare RuntimeErrors and C++ errors
         if opset >= 13:  # 13..15 -> 16 only widens type lists: raising the import is enough
             for entry in model.opset_import:
@@ -236,9 +283,8 @@ def _upgrade_opset(model: ModelProto) -> ModelProto:
             raise ModelError(f"cannot upgrade the model from opset {opset} to {MIN_OPSET} ({exc}); "
                              "re-export it with opset 13 or newer") from None
     _keep_old_resize_semantics(upgraded, resized)
-    wanted_ir = _ir_version_for(MIN_OPSET)
-    if upgraded.ir_version < wanted_ir:
-        upgraded.ir_version = wanted_ir
+    if upgraded.ir_version < MIN_IR_VERSION:
+        upgraded.ir_version = MIN_IR_VERSION
     return upgraded
 
 
@@ -250,15 +296,8 @@ def _keep_old_resize_semantics(model: ModelProto, outputs: set[str]) -> None:
             kept = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
             del node.attribute[:]
             node.attribute.extend(kept)
-            node.attribute.append(helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
-            node.attribute.append(helper.make_attribute("nearest_mode", "floor"))
-
-
-def _ir_version_for(opset: int) -> int:
-    for _release, ir, ai_onnx, _ml, *_rest in helper.VERSION_TABLE:
-        if ai_onnx >= opset:
-            return int(ir)
-    return MAX_IR_VERSION
+            node.attribute.append(make_attribute("coordinate_transformation_mode", "asymmetric"))
+            node.attribute.append(make_attribute("nearest_mode", "floor"))
 
 
 # Results of constant-only nodes up to this many elements become initializers: shape arithmetic that exporters
@@ -274,8 +313,8 @@ def _fold_constants(model: ModelProto) -> None:
     initializers = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
     opsets = list(model.opset_import)
-    kept: list[onnx.NodeProto] = []
-    folded: list[onnx.TensorProto] = []
+    kept: list[NodeProto] = []
+    folded: list[TensorProto] = []
     for node in graph.node:
         inputs = [name for name in node.input if name]
         foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD
@@ -287,7 +326,7 @@ def _fold_constants(model: ModelProto) -> None:
             kept.append(node)
             continue
         for name, value in zip(node.output, values):
-            tensor = numpy_helper.from_array(value, name)
+            tensor = from_array(value, name)
             initializers[name] = tensor
             folded.append(tensor)
     if folded:
@@ -296,23 +335,23 @@ def _fold_constants(model: ModelProto) -> None:
         graph.initializer.extend(folded)
 
 
-def _elements(tensor: onnx.TensorProto) -> int:
+def _elements(tensor: TensorProto) -> int:
     count = 1
     for d in tensor.dims:
         count *= d
     return count
 
 
-def _outputs_fit(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
-                 opsets: list[onnx.OperatorSetIdProto]) -> bool:
+def _outputs_fit(node: NodeProto, inputs: list[TensorProto],
+                 opsets: list[OperatorSetIdProto]) -> bool:
     """Whether every output is known, from shape inference on the node alone with its constant inputs, to hold at
     most _FOLD_LIMIT elements: checked before evaluating, since a 1.5 KB ConstantOfShape([500000000]) would
     allocate 2 GB. An output whose size inference cannot tell stays unfolded."""
-    graph = helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=name) for name in node.output if name],
+    graph = make_graph([node], "fold", [], [ValueInfoProto(name=name) for name in node.output if name],
                               inputs)
     try:
-        model = helper.make_model(graph, opset_imports=opsets, ir_version=MAX_IR_VERSION)
-        inferred = shape_inference.infer_shapes(model, strict_mode=True)
+        model = make_model(graph, opset_imports=opsets, ir_version=MAX_IR_VERSION)
+        inferred = infer_shapes(model, strict_mode=True)
     except Exception:  # inference rejects the node: evaluating it would fail too, or is not worth the risk
         return False
     shapes = {v.name: v.type.tensor_type for v in inferred.graph.output}
@@ -330,16 +369,16 @@ def _outputs_fit(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
     return True
 
 
-def _evaluate(node: onnx.NodeProto, inputs: list[onnx.TensorProto],
-              opsets: list[onnx.OperatorSetIdProto]) -> list[np.ndarray] | None:
+def _evaluate(node: NodeProto, inputs: list[TensorProto],
+              opsets: list[OperatorSetIdProto]) -> list[np.ndarray] | None:
     from onnx.reference import ReferenceEvaluator
 
-    feeds = {t.name: numpy_helper.to_array(t) for t in inputs}
-    graph = helper.make_graph(
-        [node], "fold", [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inputs],
-        [onnx.ValueInfoProto(name=name) for name in node.output if name])
+    feeds = {t.name: to_array(t) for t in inputs}
+    graph = make_graph(
+        [node], "fold", [make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inputs],
+        [ValueInfoProto(name=name) for name in node.output if name])
     try:
-        model = helper.make_model(graph, opset_imports=opsets)
+        model = make_model(graph, opset_imports=opsets)
         results = ReferenceEvaluator(model).run(None, feeds)
     except Exception:  # the reference evaluator lacks some ops; such nodes simply stay
         return None
@@ -364,8 +403,8 @@ def _infer_shapes(model: ModelProto) -> ModelProto:
     _copy_fields(model.graph, bare.graph, skip="initializer")
     for tensor in model.graph.initializer:
         stub = bare.graph.initializer.add()
-        if _elements(tensor) > _FOLD_LIMIT and tensor.data_location != onnx.TensorProto.EXTERNAL:
-            stub.name, stub.data_type, stub.data_location = tensor.name, tensor.data_type, onnx.TensorProto.EXTERNAL
+        if _elements(tensor) > _FOLD_LIMIT and tensor.data_location != TensorProto.EXTERNAL:
+            stub.name, stub.data_type, stub.data_location = tensor.name, tensor.data_type, TensorProto.EXTERNAL
             stub.dims.extend(tensor.dims)
             stub.external_data.add(key="location", value="onnxcam-shape-stub")
         else:
@@ -374,7 +413,7 @@ def _infer_shapes(model: ModelProto) -> ModelProto:
     for value in bare.graph.output:  # outputs' shapes can be stale too: keep only their element types
         value.type.tensor_type.ClearField("shape")
     try:
-        inferred = infer_across_contrib_quantization(bare, lambda m: shape_inference.infer_shapes(m,
+        inferred = infer_across_contrib_quantization(bare, lambda m: infer_shapes(m,
                                                                                                  data_prop=True))
     except Exception:  # inference is an aid: rules fall back to run-time shapes
         return model
@@ -387,7 +426,7 @@ def _infer_shapes(model: ModelProto) -> ModelProto:
     if unreached:  # annotations past what inference reaches (custom functions...): let inference go on from them
         inferred.graph.value_info.extend(unreached)
         try:
-            inferred = shape_inference.infer_shapes(inferred, data_prop=True)
+            inferred = infer_shapes(inferred, data_prop=True)
         except Exception:
             pass
     for name in ("value_info", "output", "node"):  # nodes: inference also annotates If/Loop bodies
@@ -396,20 +435,20 @@ def _infer_shapes(model: ModelProto) -> ModelProto:
     return model
 
 
-def _copy(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
-    copy = onnx.ValueInfoProto()
+def _copy(value: ValueInfoProto) -> ValueInfoProto:
+    copy = ValueInfoProto()
     copy.CopyFrom(value)
     return copy
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
+def _dims(value: ValueInfoProto) -> list[int | str | None] | None:
     tensor_type = value.type.tensor_type
     if not tensor_type.HasField("shape"):
         return None
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
 
 
-def _reconcile(inferred: onnx.ValueInfoProto, stated: onnx.ValueInfoProto) -> None:
+def _reconcile(inferred: ValueInfoProto, stated: ValueInfoProto) -> None:
     """Fill what inference left open in `inferred` from the file's annotation `stated`, unless they conflict."""
     got, said = _dims(inferred), _dims(stated)
     stated_type, inferred_type = stated.type.tensor_type.elem_type, inferred.type.tensor_type.elem_type
@@ -451,7 +490,7 @@ def _complete_by_run(model: ModelProto) -> ModelProto:
     varying = _after_data_dependent(graph)
     computed = _computed_from_inputs(graph)
     missing = [o for n in graph.node for o in n.output
-               if o in computed and o not in varying and types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES
+               if o in computed and o not in varying and types.get(o, TensorProto.FLOAT) in FLOAT_TYPES
                and _incomplete(known.get(o), symbols)]
     feeds = _zero_feeds(model)
     if not missing or feeds is None:
@@ -475,12 +514,12 @@ def _complete_by_run(model: ModelProto) -> ModelProto:
         if value is None:
             value = graph.value_info.add()
             value.name = name
-        value.type.tensor_type.elem_type = types.get(name) or onnx.TensorProto.FLOAT
-        value.type.tensor_type.shape.CopyFrom(helper.make_tensor_type_proto(1, dims).tensor_type.shape)
+        value.type.tensor_type.elem_type = types.get(name) or TensorProto.FLOAT
+        value.type.tensor_type.shape.CopyFrom(make_tensor_type_proto(1, dims).tensor_type.shape)
     return model
 
 
-def _computed_from_inputs(graph: onnx.GraphProto) -> set[str]:
+def _computed_from_inputs(graph: GraphProto) -> set[str]:
     reached = {v.name for v in graph.input}
     for node in graph.node:
         if any(i in reached for i in node.input):
@@ -492,7 +531,7 @@ def _incomplete(dims: list[int | str | None] | None, symbols: set[str]) -> bool:
     return dims is None or any(d is None or (isinstance(d, str) and d not in symbols) for d in dims)
 
 
-def _after_data_dependent(graph: onnx.GraphProto) -> set[str]:
+def _after_data_dependent(graph: GraphProto) -> set[str]:
     """Tensors whose sizes can change with the values fed: after data-dependent ops, or computed from inputs that
     are no images (integers, scalars or vectors: axes, sizes, scales or indices given at run time)."""
     tainted = {v.name for v in graph.input if v.type.tensor_type.elem_type not in FLOAT_TYPES
@@ -520,7 +559,7 @@ def _zero_feeds(model: ModelProto) -> list[dict[str, np.ndarray]] | None:
         dynamic_batch |= bool(dims) and not isinstance(dims[0], int)
         if int(np.prod([int(d) for d in dims[1:] if isinstance(d, int)], dtype=np.int64)) > _RUN_LIMIT:
             return None  # a run on an input this large would allocate more than any image we accept
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        dtype = np_dtype(value.type.tensor_type.elem_type)
         for batch, feed in zip((1, 2), feeds):
             shape = [batch if not isinstance(d, int) else d for d in dims]
             feed[value.name] = np.zeros(shape, dtype)
@@ -535,7 +574,7 @@ def _run_shapes(model: ModelProto, names: list[str],
     exposed = ModelProto()
     exposed.CopyFrom(model)
     present = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    exposed.graph.output.extend(ValueInfoProto(name=n) for n in names if n not in present)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

@@ -20,10 +20,9 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
-import onnx
-
 from onnxcam.errors import LayerError
 from onnxcam.graph.load import FLOAT_TYPES
+from onnxcam.graph.protos import ModelProto, NodeProto, TensorProto
 from onnxcam.graph.topo import elem_types
 
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
@@ -49,7 +48,7 @@ class ModuleMap:
         return [p for p in self.paths if p.startswith(prefix) and "." not in p[len(prefix):]]
 
 
-def module_map(model: onnx.ModelProto) -> ModuleMap:
+def module_map(model: ModelProto) -> ModuleMap:
     """The module paths of a model exported from PyTorch (empty when it carries none)."""
     nodes = list(model.graph.node)
     exporter, chains, classes = _dynamo_chains(nodes)
@@ -73,7 +72,7 @@ def module_map(model: onnx.ModelProto) -> ModuleMap:
     return result
 
 
-def resolve_module(model: onnx.ModelProto, path: str, modules: ModuleMap | None = None) -> str:
+def resolve_module(model: ModelProto, path: str, modules: ModuleMap | None = None) -> str:
     """The output tensor of the module at `path`: 'layer4.1', pytorch-grad-cam's 'layer4[-1]' or
     'model.layer4[-1]', 'features[3].block.0'. Raises LayerError naming the closest paths when there is none."""
     modules = module_map(model) if modules is None else modules
@@ -97,20 +96,20 @@ def resolve_module(model: onnx.ModelProto, path: str, modules: ModuleMap | None 
     return modules.outputs[resolved]
 
 
-def resolve_layer(model: onnx.ModelProto, name: str, modules: ModuleMap | None = None) -> str:
+def resolve_layer(model: ModelProto, name: str, modules: ModuleMap | None = None) -> str:
     """`name` itself when it is a tensor of the model, else the output tensor of the module it names."""
     if name in _tensor_names(model):
         return name
     return resolve_module(model, name, modules)
 
 
-def module_path(model: onnx.ModelProto, tensor: str, modules: ModuleMap | None = None) -> str | None:
+def module_path(model: ModelProto, tensor: str, modules: ModuleMap | None = None) -> str | None:
     """The outermost module whose output `tensor` is (resolve_module of it gives the tensor back), or None."""
     modules = module_map(model) if modules is None else modules
     return next((p for p in modules.chains.get(tensor, ()) if modules.outputs.get(p) == tensor), None)
 
 
-def enclosing_module(model: onnx.ModelProto, tensor: str, modules: ModuleMap | None = None) -> str | None:
+def enclosing_module(model: ModelProto, tensor: str, modules: ModuleMap | None = None) -> str | None:
     """The innermost module in which `tensor` is computed (its output or not), or None."""
     modules = module_map(model) if modules is None else modules
     chain = modules.chains.get(tensor, ())
@@ -119,7 +118,7 @@ def enclosing_module(model: onnx.ModelProto, tensor: str, modules: ModuleMap | N
 
 # -- reading the exporters' conventions ------------------------------------------------------------------------
 
-def _dynamo_chains(nodes: list[onnx.NodeProto]) -> tuple[str | None, list[Chain | None], dict[str, str]]:
+def _dynamo_chains(nodes: list[NodeProto]) -> tuple[str | None, list[Chain | None], dict[str, str]]:
     chains: list[Chain | None] = []
     classes: dict[str, str] = {}
     for node in nodes:
@@ -155,7 +154,7 @@ def _literal_list(text: str | None) -> list[str] | None:
 _REPEATED_CALL = re.compile(r"(.+)_(\d+)")
 
 
-def _torchscript_chains(nodes: list[onnx.NodeProto]) -> tuple[str | None, list[Chain | None]]:
+def _torchscript_chains(nodes: list[NodeProto]) -> tuple[str | None, list[Chain | None]]:
     raw = [tuple(node.name.split("/")[1:-1]) if node.name.startswith("/") else None for node in nodes]
     if not any(raw):
         return None, [None] * len(nodes)
@@ -185,7 +184,7 @@ def _join(parent: str, segment: str) -> str:
     return f"{parent}.{segment}" if parent else segment
 
 
-def _inherit_chains(nodes: list[onnx.NodeProto], chains: list[Chain | None]) -> list[Chain]:
+def _inherit_chains(nodes: list[NodeProto], chains: list[Chain | None]) -> list[Chain]:
     """Every node's chain: nodes the exporter or an optimiser added without a scope sit in the deepest scope
     shared by the nodes that feed them (the root when none does)."""
     by_tensor: dict[str, Chain] = {}
@@ -211,7 +210,7 @@ def _common_prefix(chains: list[Chain]) -> Chain:
     return common
 
 
-def _module_outputs(model: onnx.ModelProto, nodes: list[onnx.NodeProto], chains: list[Chain]) -> dict[str, str]:
+def _module_outputs(model: ModelProto, nodes: list[NodeProto], chains: list[Chain]) -> dict[str, str]:
     """Per module, the last float tensor made inside it that a node outside it (or the graph's output) reads."""
     readers: dict[str, list[Chain]] = {}
     for node, chain in zip(nodes, chains):
@@ -222,7 +221,7 @@ def _module_outputs(model: onnx.ModelProto, nodes: list[onnx.NodeProto], chains:
     outputs: dict[str, str] = {}
     for node, chain in zip(nodes, chains):
         for out in node.output:
-            if not out or types.get(out, onnx.TensorProto.FLOAT) not in FLOAT_TYPES:
+            if not out or types.get(out, TensorProto.FLOAT) not in FLOAT_TYPES:
                 continue  # shapes and indices leave modules too, but are never their output
             for path in chain:
                 if out in graph_outputs or any(path not in reader for reader in readers.get(out, [])):
@@ -280,10 +279,10 @@ def _close_paths(path: str, modules: ModuleMap) -> str:
     return f"; closest module paths: {', '.join(close)}" if close else ""
 
 
-def _tensor_names(model: onnx.ModelProto) -> set[str]:
+def _tensor_names(model: ModelProto) -> set[str]:
     return {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output if o}
 
 
-def _close_tensors(model: onnx.ModelProto, name: str, otherwise: str = "") -> str:
+def _close_tensors(model: ModelProto, name: str, otherwise: str = "") -> str:
     close = difflib.get_close_matches(name, sorted(_tensor_names(model)), n=3, cutoff=0.5)
     return f"; closest tensor names: {', '.join(close)}" if close else otherwise

@@ -10,10 +10,9 @@ A float32 or float64 model is left as it is.
 
 from __future__ import annotations
 
-import onnx
-from onnx import helper, numpy_helper
+from onnxcam.graph.protos import AttributeProto, NodeProto, TensorProto, from_array, make_node, to_array
 
-T = onnx.TensorProto
+T = TensorProto
 HALF_TYPES = {T.FLOAT16, T.BFLOAT16}
 
 
@@ -22,8 +21,8 @@ def reverse_type(elem_type: int) -> int:
     return T.FLOAT if elem_type in HALF_TYPES else elem_type
 
 
-def promote_to_float32(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
-                       types: dict[str, int]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def promote_to_float32(nodes: list[NodeProto], initializers: list[TensorProto],
+                       types: dict[str, int]) -> tuple[list[NodeProto], list[TensorProto]]:
     """The emitted `nodes` and their `initializers` computing in float32 wherever they computed in float16
     (types: element types of the forward tensors)."""
     emitted = {out for node in nodes for out in node.output} | {t.name for t in initializers}
@@ -32,7 +31,7 @@ def promote_to_float32(nodes: list[onnx.NodeProto], initializers: list[onnx.Tens
     if not halves and not any(t.data_type in HALF_TYPES for t in initializers):
         return nodes, initializers
     widened = {name: f"{name}/float32" for name in sorted(halves)}
-    casts = [helper.make_node("Cast", [name], [wide], name=f"onnxcam/float32/{name}", to=T.FLOAT)
+    casts = [make_node("Cast", [name], [wide], name=f"onnxcam/float32/{name}", to=T.FLOAT)
              for name, wide in widened.items()]
     for node in nodes:
         for i, name in enumerate(node.input):
@@ -43,15 +42,15 @@ def promote_to_float32(nodes: list[onnx.NodeProto], initializers: list[onnx.Tens
     return casts + nodes, [_widen_tensor(t) for t in initializers]
 
 
-def _widen_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
+def _widen_tensor(tensor: TensorProto) -> TensorProto:
     if tensor.data_type not in HALF_TYPES:
         return tensor
-    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype("float32"), tensor.name)
+    return from_array(to_array(tensor).astype("float32"), tensor.name)
 
 
-def _widen_attribute(attribute: onnx.AttributeProto) -> None:
+def _widen_attribute(attribute: AttributeProto) -> None:
     """Cast(to=float16) -> float32; tensor attributes (ConstantOfShape's value) in float32."""
-    if attribute.type == onnx.AttributeProto.INT and attribute.name in ("to", "dtype") and attribute.i in HALF_TYPES:
+    if attribute.type == AttributeProto.INT and attribute.name in ("to", "dtype") and attribute.i in HALF_TYPES:
         attribute.i = T.FLOAT
-    elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type in HALF_TYPES:
+    elif attribute.type == AttributeProto.TENSOR and attribute.t.data_type in HALF_TYPES:
         attribute.t.CopyFrom(_widen_tensor(attribute.t))

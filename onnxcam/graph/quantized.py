@@ -26,12 +26,20 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from onnxcam.errors import ModelError
+from onnxcam.graph.protos import (
+    GraphProto,
+    ModelProto,
+    NodeProto,
+    TensorProto,
+    attribute_value,
+    from_array,
+    make_node,
+    to_array,
+)
 
-T = onnx.TensorProto
+T = TensorProto
 # Element types QuantizeLinear / DequantizeLinear take in the default domain before opset 21 (int32: biases).
 _DEFAULT_DOMAIN_TYPES = {T.UINT8, T.INT8, T.INT32}
 # Ops that move or select integer values without arithmetic (the quantizer leaves them on integer tensors).
@@ -44,18 +52,18 @@ class _Rewrite:
     """State of one pass: the emitted nodes, names in use, float views made so far and the quantisation
     parameters (scale, zero point) known for integer tensors."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: ModelProto) -> None:
         graph = model.graph
         self.opset = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 1)
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self.nodes: list[NodeProto] = []
+        self.initializers: list[TensorProto] = []
         self.names = ({i.name for i in graph.input} | {t.name for t in graph.initializer}
                       | {o for n in graph.node for o in n.output})
         self.constants = {t.name: t for t in graph.initializer}
         self.types = {v.name: v.type.tensor_type.elem_type for v in
                       [*graph.input, *graph.value_info, *graph.output] if v.type.tensor_type.elem_type}
         self.types.update({t.name: t.data_type for t in graph.initializer})
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.consumers: dict[str, list[NodeProto]] = {}
         for node in graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
@@ -78,13 +86,13 @@ class _Rewrite:
              domain: str = "", **attrs: Any) -> str:
         out = output if output is not None else self.fresh(hint or op_type)
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.fresh(f"onnxcam_dq/{out}"),
+        self.nodes.append(make_node(op_type, inputs, [out], name=self.fresh(f"onnxcam_dq/{out}"),
                                            domain=domain or None, **attrs))
         return out
 
     def const(self, value: np.ndarray, hint: str) -> str:
         name = self.fresh(hint)
-        tensor = numpy_helper.from_array(value, name)
+        tensor = from_array(value, name)
         self.initializers.append(tensor)
         self.constants[name] = tensor
         self.types[name] = tensor.data_type
@@ -158,15 +166,15 @@ class _Rewrite:
             self.emit("Cast", [value], output, to=T.INT32)
 
 
-def attributes(node: onnx.NodeProto, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name not in drop}
+def attributes(node: NodeProto, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {a.name: attribute_value(a) for a in node.attribute if a.name not in drop}
 
 
-def _input(node: onnx.NodeProto, index: int) -> str | None:
+def _input(node: NodeProto, index: int) -> str | None:
     return node.input[index] if index < len(node.input) and node.input[index] else None
 
 
-def _args(node: onnx.NodeProto, count: int, required: tuple[int, ...]) -> list[str]:
+def _args(node: NodeProto, count: int, required: tuple[int, ...]) -> list[str]:
     """The node's first `count` inputs, "" for an omitted optional one; a missing required one is an error."""
     args = [_input(node, i) or "" for i in range(count)]
     missing = [i for i in required if not args[i]]
@@ -176,7 +184,7 @@ def _args(node: onnx.NodeProto, count: int, required: tuple[int, ...]) -> list[s
     return args
 
 
-Handler = Callable[[_Rewrite, onnx.NodeProto], bool]
+Handler = Callable[[_Rewrite, NodeProto], bool]
 HANDLERS: dict[str, Handler] = {}
 
 
@@ -196,7 +204,7 @@ def _to_channels_last(rw: _Rewrite, x: str, rank: int, output: str | None = None
     return rw.emit("Transpose", [x], output, hint=f"{x}_nhwc", perm=[0, *range(2, rank), 1])
 
 
-def _float_op(rw: _Rewrite, node: onnx.NodeProto, op_type: str, inputs: list[str | None], scale: str | None,
+def _float_op(rw: _Rewrite, node: NodeProto, op_type: str, inputs: list[str | None], scale: str | None,
               zero_point: str | None, channels_last_rank: int | None = None, **attrs: Any) -> None:
     """Emit op_type(inputs) in float and quantise it to the node's output (or leave it float when the node has
     no output scale, as QGemm without y_scale)."""
@@ -217,7 +225,7 @@ def _float_op(rw: _Rewrite, node: onnx.NodeProto, op_type: str, inputs: list[str
 
 
 @handles("QLinearConv")
-def _qlinear_conv(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _qlinear_conv(rw: _Rewrite, node: NodeProto) -> bool:
     x, xs, xzp, w, ws, wzp, ys, yzp = _args(node, 8, (0, 1, 2, 3, 4, 5, 6, 7))
     rank = len(rw.constants[w].dims) if w in rw.constants else 4
     weights = rw.dequantized(w, ws, wzp, 0 if rw.per_axis(ws) else None)
@@ -229,7 +237,7 @@ def _qlinear_conv(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 
 @handles("QLinearMatMul")
-def _qlinear_matmul(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _qlinear_matmul(rw: _Rewrite, node: NodeProto) -> bool:
     a, as_, azp, b, bs, bzp, ys, yzp = _args(node, 8, (0, 1, 2, 3, 4, 5, 6, 7))
     left = rw.dequantized(a, as_, azp, -2 if rw.per_axis(as_) else None)   # per row
     right = rw.dequantized(b, bs, bzp, -1 if rw.per_axis(bs) else None)    # per column
@@ -238,7 +246,7 @@ def _qlinear_matmul(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 
 @handles("QGemm")
-def _qgemm(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _qgemm(rw: _Rewrite, node: NodeProto) -> bool:
     """Y = alpha * (A' B' + C), with C an int32 bias in units of a_scale * b_scale (onnxruntime's kernel scales
     the bias by alpha too); Y float without y_scale."""
     a, as_, azp, b, bs, bzp, c, ys, yzp = _args(node, 9, (0, 1, 2, 3, 4, 5))
@@ -251,7 +259,7 @@ def _qgemm(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 
 @handles("QLinearAdd", "QLinearMul")
-def _qlinear_binary(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _qlinear_binary(rw: _Rewrite, node: NodeProto) -> bool:
     a, as_, azp, b, bs, bzp, cs, czp = _args(node, 8, (0, 1, 3, 4, 6))
     op_type = node.op_type.removeprefix("QLinear")
     _float_op(rw, node, op_type, [rw.dequantized(a, as_, azp), rw.dequantized(b, bs, bzp)], cs, czp)
@@ -265,7 +273,7 @@ _UNARY = {"QLinearGlobalAveragePool": "GlobalAveragePool", "QLinearAveragePool":
 
 
 @handles(*_UNARY)
-def _qlinear_unary(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _qlinear_unary(rw: _Rewrite, node: NodeProto) -> bool:
     x, xs, xzp, ys, yzp = _args(node, 5, (0, 1, 3))
     attrs = attributes(node, ("channels_last", "opset"))
     if node.op_type == "QLinearSoftmax" and attributes(node).get("opset", 13) < 13:
@@ -281,7 +289,7 @@ def _qlinear_unary(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 
 @handles("QLinearConcat")
-def _qlinear_concat(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _qlinear_concat(rw: _Rewrite, node: NodeProto) -> bool:
     args = _args(node, len(node.input), tuple(range(len(node.input))))  # Y_scale, Y_zero_point, (X, scale, zp)...
     parts = [rw.dequantized(args[i], args[i + 1], args[i + 2]) for i in range(2, len(args) - 2, 3)]
     _float_op(rw, node, "Concat", list(parts), args[0], args[1], **attributes(node))
@@ -289,14 +297,14 @@ def _qlinear_concat(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 
 @handles("QLinearWhere")
-def _qlinear_where(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _qlinear_where(rw: _Rewrite, node: NodeProto) -> bool:
     condition, x, xs, xzp, y, ys, yzp, zs, zzp = _args(node, 9, (0, 1, 2, 3, 4, 5, 6, 7, 8))
     _float_op(rw, node, "Where", [condition, rw.dequantized(x, xs, xzp), rw.dequantized(y, ys, yzp)], zs, zzp)
     return True
 
 
 @handles("ConvInteger")
-def _conv_integer(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _conv_integer(rw: _Rewrite, node: NodeProto) -> bool:
     """(x - x_zero_point) conv (w - w_zero_point) in float: int32-exact while the sums stay below 2^24."""
     x, w, xzp, wzp = _args(node, 4, (0, 1))
     value = rw.emit("Conv", [rw.integer_operand(x, xzp, 1), rw.integer_operand(w, wzp, 0)],
@@ -306,7 +314,7 @@ def _conv_integer(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 
 @handles("MatMulInteger")
-def _matmul_integer(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _matmul_integer(rw: _Rewrite, node: NodeProto) -> bool:
     a, b, azp, bzp = _args(node, 4, (0, 1))
     value = rw.emit("MatMul", [rw.integer_operand(a, azp, -2), rw.integer_operand(b, bzp, -1)],
                     hint=f"{node.output[0]}_float")
@@ -314,7 +322,7 @@ def _matmul_integer(rw: _Rewrite, node: onnx.NodeProto) -> bool:
     return True
 
 
-def _float_matmul(rw: _Rewrite, node: onnx.NodeProto, left: str, right: str, bias: str | None) -> None:
+def _float_matmul(rw: _Rewrite, node: NodeProto, left: str, right: str, bias: str | None) -> None:
     """The float MatMul (plus bias) that an integer matmul with float output stands for."""
     if bias:
         product = rw.emit("MatMul", [left, right], hint=f"{node.output[0]}_product")
@@ -324,7 +332,7 @@ def _float_matmul(rw: _Rewrite, node: onnx.NodeProto, left: str, right: str, bia
 
 
 @handles("MatMulIntegerToFloat")
-def _matmul_integer_to_float(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _matmul_integer_to_float(rw: _Rewrite, node: NodeProto) -> bool:
     a, b, as_, bs, azp, bzp, bias = _args(node, 7, (0, 1, 2, 3))
     left = rw.dequantized(a, as_, azp, -2 if rw.per_axis(as_) else None)
     right = rw.dequantized(b, bs, bzp, -1 if rw.per_axis(bs) else None)
@@ -333,11 +341,11 @@ def _matmul_integer_to_float(rw: _Rewrite, node: onnx.NodeProto) -> bool:
 
 
 @handles("DynamicQuantizeMatMul")
-def _dynamic_quantize_matmul(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _dynamic_quantize_matmul(rw: _Rewrite, node: NodeProto) -> bool:
     """A is quantised to uint8 per call: DynamicQuantizeLinear, its float view, then a float MatMul."""
     a, b, bs, bzp, bias = _args(node, 5, (0, 1, 2))
     q, scale, zero_point = (rw.fresh(f"{a}{suffix}") for suffix in ("_quantized", "_scale", "_zero_point"))
-    rw.nodes.append(helper.make_node("DynamicQuantizeLinear", [a], [q, scale, zero_point],
+    rw.nodes.append(make_node("DynamicQuantizeLinear", [a], [q, scale, zero_point],
                                      name=rw.fresh(f"onnxcam_dq/{q}")))
     rw.types.update({q: T.UINT8, scale: T.FLOAT, zero_point: T.UINT8})
     left = rw.dequantized(q, scale, zero_point)
@@ -346,7 +354,7 @@ def _dynamic_quantize_matmul(rw: _Rewrite, node: onnx.NodeProto) -> bool:
     return True
 
 
-def _value_preserving(rw: _Rewrite, node: onnx.NodeProto) -> bool:
+def _value_preserving(rw: _Rewrite, node: NodeProto) -> bool:
     """A movement/selection op on an integer tensor with known per-tensor parameters: the same op on its float
     view, quantised back with the same parameters (exact: no value changes)."""
     source = _input(node, 0)
@@ -360,7 +368,7 @@ def _value_preserving(rw: _Rewrite, node: onnx.NodeProto) -> bool:
         inputs[2] = rw.dequantized(inputs[2], scale, zero_point or None)
     outputs = [o for o in node.output]
     floats = [rw.fresh(f"{o}_float") if o else "" for o in outputs]
-    rw.nodes.append(helper.make_node(node.op_type, inputs, floats, name=rw.fresh(f"onnxcam_dq/{node.name}"),
+    rw.nodes.append(make_node(node.op_type, inputs, floats, name=rw.fresh(f"onnxcam_dq/{node.name}"),
                                      **attributes(node)))
     for value, output in zip(floats, outputs):
         if output:
@@ -369,7 +377,7 @@ def _value_preserving(rw: _Rewrite, node: onnx.NodeProto) -> bool:
     return True
 
 
-def _record_params(rw: _Rewrite, node: onnx.NodeProto) -> None:
+def _record_params(rw: _Rewrite, node: NodeProto) -> None:
     """Per-tensor (scale, zero point) of integer tensors made by nodes that are kept."""
     if node.op_type == "QuantizeLinear" and _input(node, 1) and not rw.per_axis(node.input[1]):
         rw.params[node.output[0]] = (node.input[1], _input(node, 2) or "")
@@ -377,11 +385,11 @@ def _record_params(rw: _Rewrite, node: onnx.NodeProto) -> None:
         rw.params[node.output[0]] = (node.output[1], node.output[2])
 
 
-def is_quantized_operator(node: onnx.NodeProto) -> bool:
+def is_quantized_operator(node: NodeProto) -> bool:
     return node.op_type in HANDLERS and node.domain in ("", "ai.onnx", "com.microsoft")
 
 
-def dequantize_operators(model: onnx.ModelProto) -> bool:
+def dequantize_operators(model: ModelProto) -> bool:
     """Rewrite the model's integer ops in place (see the module doc); returns whether anything changed."""
     graph = model.graph
     quantized = {"QuantizeLinear", "DynamicQuantizeLinear"}
@@ -414,7 +422,7 @@ def dequantize_operators(model: onnx.ModelProto) -> bool:
 # --- quantised weights -------------------------------------------------------------------------------------------
 # Weights stay DequantizeLinear(int8 initializer) nodes (onnxruntime fuses them into its integer kernels, so the
 # forward pass is the deployed one); code that needs a weight's value reads it through these helpers.
-def dequantized_constant(graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto],
+def dequantized_constant(graph: GraphProto, initializers: dict[str, TensorProto],
                          name: str) -> np.ndarray | None:
     """The value of `name` when a DequantizeLinear of initializers makes it (a quantised weight), else None."""
     node = next((n for n in graph.node if n.output and n.output[0] == name), None)
@@ -423,19 +431,19 @@ def dequantized_constant(graph: onnx.GraphProto, initializers: dict[str, onnx.Te
     inputs = [i for i in node.input if i]
     if not all(i in initializers for i in inputs):
         return None
-    q, scale, *zero_point = (numpy_helper.to_array(initializers[i]) for i in inputs)
+    q, scale, *zero_point = (to_array(initializers[i]) for i in inputs)
     return dequantize_array(node, q, scale, zero_point[0] if zero_point else None)
 
 
-def constant_array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+def constant_array(model: ModelProto, name: str) -> np.ndarray | None:
     """An initializer's value, or a quantised weight's dequantised value; None for computed tensors."""
     initializers = {t.name: t for t in model.graph.initializer}
     if name in initializers:
-        return numpy_helper.to_array(initializers[name])
+        return to_array(initializers[name])
     return dequantized_constant(model.graph, initializers, name)
 
 
-def dequantize_array(node: onnx.NodeProto, q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None
+def dequantize_array(node: NodeProto, q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None
                      ) -> np.ndarray:
     """(q - zero_point) * scale as DequantizeLinear `node` computes it (per tensor, axis or block)."""
     levels = q.astype(np.float64)
@@ -444,7 +452,7 @@ def dequantize_array(node: onnx.NodeProto, q: np.ndarray, scale: np.ndarray, zer
     return (levels * _spread(node, scale.astype(np.float64), q.shape)).astype(scale.dtype)
 
 
-def _spread(node: onnx.NodeProto, param: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _spread(node: NodeProto, param: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """A scale or zero point broadcastable against a tensor of `shape`."""
     if param.size == 1:
         return param.reshape(())
@@ -459,7 +467,7 @@ def _spread(node: onnx.NodeProto, param: np.ndarray, shape: tuple[int, ...]) -> 
 
 
 # --- saturation ------------------------------------------------------------------------------------------------
-def is_quantized(model: onnx.ModelProto) -> bool:
+def is_quantized(model: ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node)
 
 
@@ -488,8 +496,8 @@ def saturation_warning(images: list[int], layers: list[str]) -> str:
 
 
 # --- shape inference ---------------------------------------------------------------------------------------------
-def infer_across_contrib_quantization(model: onnx.ModelProto,
-                                      infer: Callable[[onnx.ModelProto], onnx.ModelProto]) -> onnx.ModelProto:
+def infer_across_contrib_quantization(model: ModelProto,
+                                      infer: Callable[[ModelProto], ModelProto]) -> ModelProto:
     """`infer(model)` (onnx shape inference), also past onnxruntime's com.microsoft QuantizeLinear and
     DequantizeLinear (int4 and int16 before opset 21), which onnx does not know: shapes are inferred on a copy
     where they are Identity, then their outputs get their real element types back."""
@@ -499,7 +507,7 @@ def infer_across_contrib_quantization(model: onnx.ModelProto,
         return infer(model)
     types = {t.name: t.data_type for t in model.graph.initializer}
     types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
-    proxy = onnx.ModelProto()
+    proxy = ModelProto()
     proxy.CopyFrom(model)
     real_types: dict[str, int] = {}
     for node in proxy.graph.node:
@@ -514,7 +522,7 @@ def infer_across_contrib_quantization(model: onnx.ModelProto,
             node.input.append(source)
             node.op_type, node.domain = "Identity", ""
     inferred = infer(proxy)
-    result = onnx.ModelProto()
+    result = ModelProto()
     result.CopyFrom(model)
     del result.graph.value_info[:]
     for value in inferred.graph.value_info:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import onnx
-
 from onnxcam.graph.catalogue import TensorInfo, catalogue
 from onnxcam.graph.contract import Scale
 from onnxcam.graph.dominators import dominator_chain, dominators, value_ancestors
 from onnxcam.graph.load import at_input_size
+from onnxcam.graph.protos import ModelProto, NodeProto
 from onnxcam.graph.topo import Shape, ancestors
 from onnxcam.graph.topo import static_shapes as _static_shapes
 
@@ -29,7 +28,7 @@ from onnxcam.graph.topo import static_shapes as _static_shapes
 _ROW_SELECTIONS = {"TopK", "NonMaxSuppression", "GatherElements", "GatherND"}
 
 
-def detection_scales(model: onnx.ModelProto, output: str, infos: list[TensorInfo] | None = None,
+def detection_scales(model: ModelProto, output: str, infos: list[TensorInfo] | None = None,
                      input_hw: tuple[int, int] | None = None, selected: bool = False) -> list[Scale]:
     """The scales whose concatenated predictions make the rows of `output` (one image: boxes x attributes either
     way round), finest first as the rows run; [] when the rows do not come from several feature maps.
@@ -98,7 +97,7 @@ def _row_count(shape: Shape | None) -> int | None:
     return max(int(shape[1]), int(shape[2]))  # type: ignore[arg-type]
 
 
-def _known_shape(model: onnx.ModelProto, name: str) -> Shape | None:
+def _known_shape(model: ModelProto, name: str) -> Shape | None:
     """The most specific shape recorded for `name`: a tensor exposed as an output (onnxcam's raw predictions
     before NMS) is declared there by rank only, while its value_info keeps the sizes."""
     known = []
@@ -117,7 +116,7 @@ def _input_size(infos: list[TensorInfo]) -> tuple[int, int] | None:
     return (h, w) if isinstance(h, int) and isinstance(w, int) else None
 
 
-def _selected_between(nodes: list[onnx.NodeProto], start: str, end: str) -> bool:
+def _selected_between(nodes: list[NodeProto], start: str, end: str) -> bool:
     """Whether a row-selecting op lies on a path from tensor `start` to tensor `end`."""
     after = {start}
     before = ancestors(nodes, end)
@@ -129,7 +128,7 @@ def _selected_between(nodes: list[onnx.NodeProto], start: str, end: str) -> bool
     return False
 
 
-def _concat_scales(model: onnx.ModelProto, concat: onnx.NodeProto, shapes: dict[str, Shape],
+def _concat_scales(model: ModelProto, concat: NodeProto, shapes: dict[str, Shape],
                    spatial: dict[str, TensorInfo], rows: int | None,
                    input_hw: tuple[int, int] | None, idom: dict[str, str | None]) -> list[Scale]:
     """The scales of one Concat, if its inputs are the flattened predictions of several feature maps making
@@ -159,7 +158,7 @@ def _concat_scales(model: onnx.ModelProto, concat: onnx.NodeProto, shapes: dict[
     return scales
 
 
-def _head_inputs(model: onnx.ModelProto, sources: list[str], idom: dict[str, str | None]) -> list[str] | None:
+def _head_inputs(model: ModelProto, sources: list[str], idom: dict[str, str | None]) -> list[str] | None:
     """The tensor each per-scale head starts from, one per concatenated input (None if the heads do not match).
 
     Walking back from a concatenated input along its dominators (tensors every path from the image passes), the

@@ -29,17 +29,12 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
 
 
 def _input(model: onnx.ModelProto, value: onnx.ValueInfoProto) -> InputSummary:
-    from onnx import helper
+    from onnxcam.graph.protos import NUMPY_TYPES
 
     tensor = value.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in tensor.shape.dim)
-    dtype: str | None = None
-    try:
-        numpy_type = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)) if tensor.elem_type else None
-    except (KeyError, TypeError, ValueError):  # an element type NumPy has no dtype for
-        numpy_type = None
-    if numpy_type is not None and numpy_type.kind in "biufc":  # not ml_dtypes' bfloat16 / float8: NumPy's own
-        dtype = numpy_type.name
+    numpy_type = NUMPY_TYPES.get(tensor.elem_type)  # not ml_dtypes' bfloat16 / float8: NumPy's own types only
+    dtype = numpy_type.name if numpy_type is not None else None
     return InputSummary(value.name, tensor.elem_type, dtype, dims, input_rescaling(model, value.name))
 
 
@@ -47,7 +42,7 @@ def input_rescaling(model: onnx.ModelProto, input_name: str) -> str | None:
     """How the graph rescales raw pixels itself, when it does (Keras' Rescaling layer and preprocessing that was
     exported with the model): the input, through layout-only ops, goes into a Mul by 1/255 or 1/127.5 or a Div by
     255 or 127.5. None otherwise."""
-    from onnx import numpy_helper
+    from onnxcam.graph.protos import to_array
 
     constants = {t.name: t for t in model.graph.initializer}
     constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
@@ -67,7 +62,7 @@ def input_rescaling(model: onnx.ModelProto, input_name: str) -> str | None:
         if other not in constants or (node.op_type == "Div" and node.input[0] != tensor):
             return None
         try:
-            values = numpy_helper.to_array(constants[other]).astype(np.float64).ravel()
+            values = to_array(constants[other]).astype(np.float64).ravel()
         except (OSError, ValueError, TypeError):  # external data not loaded (a model only peeked at)
             return None
         if values.size == 0 or not np.allclose(values, values[0]):

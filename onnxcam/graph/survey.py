@@ -11,19 +11,18 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-import onnx
-
 from onnxcam.errors import LayerError
 from onnxcam.graph.catalogue import catalogue, default_layer, find_score
 from onnxcam.graph.contract import TensorInfo
 from onnxcam.graph.dense import nms_classes, selection_nodes
+from onnxcam.graph.protos import ModelProto
 from onnxcam.graph.quantized import is_quantized
 from onnxcam.graph.reverse.model import image_input
 from onnxcam.graph.scales import detection_scales
 from onnxcam.graph.topo import static_shapes
 
 
-def survey(model: onnx.ModelProto, output: str | None, probabilities: bool) -> dict[str, Any]:
+def survey(model: ModelProto, output: str | None, probabilities: bool) -> dict[str, Any]:
     """The tensor catalogue, the score and the output it stands for, the default layer (or why there is none),
     the image input and its element type, the output's shape, and what a detector's layout reads from the graph."""
     tensors = catalogue(model)
@@ -46,7 +45,7 @@ def survey(model: onnx.ModelProto, output: str | None, probabilities: bool) -> d
     }
 
 
-def scales(model: onnx.ModelProto, output: str, tensors: list[TensorInfo], hw: tuple[int, int] | None,
+def scales(model: ModelProto, output: str, tensors: list[TensorInfo], hw: tuple[int, int] | None,
            selected: bool) -> list[dict[str, Any]]:
     return [asdict(s) for s in detection_scales(model, output, tensors, hw, selected=selected)]
 

@@ -5,9 +5,7 @@ of a batch, reshaping to NCHW) is onnxcam.tokens.
 
 from __future__ import annotations
 
-import onnx
-from onnx import numpy_helper
-
+from onnxcam.graph.protos import ModelProto, NodeProto, to_array
 from onnxcam.graph.token_shapes import (  # noqa: F401  (the shape rules, importable without onnx)
     MAX_EXTRA_TOKENS,
     TOKEN_LAYOUTS,
@@ -21,7 +19,7 @@ from onnxcam.graph.token_shapes import (  # noqa: F401  (the shape rules, import
 from onnxcam.graph.topo import Dim, ancestors
 
 
-def rank3_hint(node: onnx.NodeProto, layouts: dict[str, str | None]) -> str | None:
+def rank3_hint(node: NodeProto, layouts: dict[str, str | None]) -> str | None:
     """Token layouts flowing through a node: a conv map flattened to (B, C, h*w) is BCT; a (0, 2, 1) transpose
     swaps BTC and BCT."""
     source = layouts.get(node.input[0]) if node.input else None
@@ -34,7 +32,7 @@ def rank3_hint(node: onnx.NodeProto, layouts: dict[str, str | None]) -> str | No
     return None
 
 
-def _dynamic_matmuls(model: onnx.ModelProto, needed: set[str]) -> list[onnx.NodeProto]:
+def _dynamic_matmuls(model: ModelProto, needed: set[str]) -> list[NodeProto]:
     """MatMuls of two activations (attention's Q.K^T and A.V), among the nodes the score depends on."""
     constants = {t.name for t in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
@@ -42,12 +40,12 @@ def _dynamic_matmuls(model: onnx.ModelProto, needed: set[str]) -> list[onnx.Node
             and len(n.input) >= 2 and not any(i in constants for i in n.input[:2])]
 
 
-def has_attention(model: onnx.ModelProto, needed: set[str]) -> bool:
+def has_attention(model: ModelProto, needed: set[str]) -> bool:
     """Whether the score depends on a product of two activations (a transformer's attention)."""
     return bool(_dynamic_matmuls(model, needed))
 
 
-def class_token_default(model: onnx.ModelProto, needed: set[str],
+def class_token_default(model: ModelProto, needed: set[str],
                         candidates: list[tuple[str, tuple[Dim, ...]]]) -> str | None:
     """The default layer of a transformer whose head reads the class token, or None for other models.
 
@@ -74,12 +72,12 @@ def class_token_default(model: onnx.ModelProto, needed: set[str],
     return chosen[-1] if chosen else None
 
 
-def _token_axis_read(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+def _token_axis_read(model: ModelProto, node: NodeProto) -> bool:
     """Whether a node picks some tokens of a B x T x C tensor: x[:, 0] (Gather) or x[:, :1], x[:, 1:] (Slice)."""
     if node.op_type == "Gather":
         return next((int(a.i) for a in node.attribute if a.name == "axis"), 0) % 3 == 1
     if node.op_type == "Slice" and len(node.input) > 3:
         weights = {t.name: t for t in model.graph.initializer}
         axes = weights.get(node.input[3])
-        return axes is not None and [int(a) % 3 for a in numpy_helper.to_array(axes).reshape(-1)] == [1]
+        return axes is not None and [int(a) % 3 for a in to_array(axes).reshape(-1)] == [1]
     return False

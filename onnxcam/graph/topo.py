@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import onnx
-
 from onnxcam.graph.contract import Dim as Dim
 from onnxcam.graph.contract import Shape
+from onnxcam.graph.protos import GraphProto, NodeProto
 
 
-def static_shapes(graph: onnx.GraphProto) -> dict[str, Shape]:
+def static_shapes(graph: GraphProto) -> dict[str, Shape]:
     shapes: dict[str, Shape] = {}
     for info in list(graph.input) + list(graph.value_info) + list(graph.output):
         tensor_type = info.type.tensor_type
@@ -23,14 +22,14 @@ def static_shapes(graph: onnx.GraphProto) -> dict[str, Shape]:
     return shapes
 
 
-def elem_types(graph: onnx.GraphProto) -> dict[str, int]:
+def elem_types(graph: GraphProto) -> dict[str, int]:
     types = {info.name: info.type.tensor_type.elem_type for info in
              list(graph.input) + list(graph.value_info) + list(graph.output) if info.type.tensor_type.elem_type}
     types.update({t.name: t.data_type for t in graph.initializer})
     return types
 
 
-def ancestors(nodes: Sequence[onnx.NodeProto], target: str) -> set[str]:
+def ancestors(nodes: Sequence[NodeProto], target: str) -> set[str]:
     """Every tensor that `target` is computed from, itself included."""
     needed = {target}
     for node in reversed(nodes):
@@ -39,14 +38,14 @@ def ancestors(nodes: Sequence[onnx.NodeProto], target: str) -> set[str]:
     return needed
 
 
-def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+def producers(graph: GraphProto) -> dict[str, NodeProto]:
     """Tensor name -> the node that computes it."""
     return {out: node for node in graph.node for out in node.output if out}
 
 
-def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+def consumers(graph: GraphProto) -> dict[str, list[NodeProto]]:
     """Tensor name -> the nodes that read it (graph outputs are not nodes: check those apart)."""
-    found: dict[str, list[onnx.NodeProto]] = {}
+    found: dict[str, list[NodeProto]] = {}
     for node in graph.node:
         for name in dict.fromkeys(node.input):
             if name:

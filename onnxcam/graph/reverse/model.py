@@ -15,9 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import onnx
-from onnx import helper
-
 from onnxcam.errors import InputError, LayerError
 from onnxcam.graph.builder import Builder, Shape
 from onnxcam.graph.catalogue import find_score
@@ -26,6 +23,7 @@ from onnxcam.graph.contract import PREFIXES, SCORES, SEED
 from onnxcam.graph.contract import RELEVANCE_PREFIX as RELEVANCE_PREFIX
 from onnxcam.graph.load import default_opset
 from onnxcam.graph.precision import promote_to_float32, reverse_type
+from onnxcam.graph.protos import GraphProto, ModelProto, NodeProto, TensorProto, make_node, make_tensor_value_info
 from onnxcam.graph.reverse.relevance import LrpOptions, rule_table
 from onnxcam.graph.reverse.walker import backward
 from onnxcam.graph.topo import elem_types, static_shapes
@@ -35,7 +33,7 @@ INITIAL_RELEVANCE = ("contrastive", "score", "seed")
 
 @dataclass
 class ReverseModel:
-    model: onnx.ModelProto
+    model: ModelProto
     score: str                      # tensor the reverse pass starts from
     output: str                     # the model output the score stands for
     kind: str = "gradient"          # "gradient" or "relevance": what `values` holds
@@ -49,7 +47,7 @@ class ReverseModel:
         return self.values
 
 
-def image_input(model: onnx.ModelProto) -> str:
+def image_input(model: ModelProto) -> str:
     """The graph input that carries the image: the first float rank-4 input, else the first input."""
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
@@ -57,12 +55,12 @@ def image_input(model: onnx.ModelProto) -> str:
         raise LayerError("the model has no inputs")
     for value in inputs:
         tensor_type = value.type.tensor_type
-        if tensor_type.elem_type == onnx.TensorProto.FLOAT and len(tensor_type.shape.dim) == 4:
+        if tensor_type.elem_type == TensorProto.FLOAT and len(tensor_type.shape.dim) == 4:
             return value.name
     return inputs[0].name
 
 
-def check_tensors(model: onnx.ModelProto, names: Sequence[str]) -> None:
+def check_tensors(model: ModelProto, names: Sequence[str]) -> None:
     known = [i.name for i in model.graph.input] + [o for n in model.graph.node for o in n.output if o]
     for name in names:
         if name not in known:
@@ -75,22 +73,22 @@ def _suggest(name: str, known: list[str]) -> str:
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; run 'onnxcam inspect' to list layers"
 
 
-def expose(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+def expose(model: ModelProto, tensors: Sequence[str]) -> ModelProto:
     """A copy of `model` with `tensors` added to its outputs (forward only)."""
     check_tensors(model, tensors)
-    out = onnx.ModelProto()
+    out = ModelProto()
     out.CopyFrom(model)
     types, shapes = elem_types(out.graph), static_shapes(out.graph)
-    _add_outputs(out, {t: (types.get(t, onnx.TensorProto.FLOAT), shapes.get(t)) for t in tensors})
+    _add_outputs(out, {t: (types.get(t, TensorProto.FLOAT), shapes.get(t)) for t in tensors})
     return out
 
 
 @dataclass
 class Reverse:
     """A copy of the model ready for a reverse pass from its score (gradients or relevance)."""
-    model: onnx.ModelProto
+    model: ModelProto
     builder: Builder
-    forward_nodes: list[onnx.NodeProto]
+    forward_nodes: list[NodeProto]
     score: str          # the tensor the walker starts from (before a Softmax/Sigmoid)
     chosen: str         # the score output users see
     scores: str         # the score reshaped like `chosen`
@@ -105,10 +103,10 @@ class Reverse:
         return list(dict.fromkeys(list(layers) + ([image_input(self.model)] if with_input else [])))
 
 
-def prepare_reverse(model: onnx.ModelProto, layers: Sequence[str], output: str | None = None,
+def prepare_reverse(model: ModelProto, layers: Sequence[str], output: str | None = None,
                     probabilities: bool = False) -> Reverse:
     check_tensors(model, layers)
-    rewritten = onnx.ModelProto()
+    rewritten = ModelProto()
     rewritten.CopyFrom(model)
     graph = rewritten.graph
     score, chosen = find_score(rewritten, output, probabilities)
@@ -119,7 +117,7 @@ def prepare_reverse(model: onnx.ModelProto, layers: Sequence[str], output: str |
     return Reverse(rewritten, b, forward_nodes, score, chosen, scores, _effective_seed(b, scores, graph, chosen))
 
 
-def reverse_model(model: onnx.ModelProto, layers: Sequence[str], with_input: bool = False,
+def reverse_model(model: ModelProto, layers: Sequence[str], with_input: bool = False,
                   output: str | None = None, probabilities: bool = False, lrp: LrpOptions | None = None,
                   initial: str = "contrastive") -> ReverseModel:
     """Add the reverse pass from the score to `layers` (and to the image input with `with_input`): gradients, or
@@ -141,20 +139,20 @@ def reverse_model(model: onnx.ModelProto, layers: Sequence[str], with_input: boo
     return result
 
 
-def gradient_model(model: onnx.ModelProto, layers: Sequence[str], input_gradient: bool = False,
+def gradient_model(model: ModelProto, layers: Sequence[str], input_gradient: bool = False,
                    output: str | None = None, probabilities: bool = False) -> ReverseModel:
     """`reverse_model` for gradients (the common case, kept short for tests and tools)."""
     return reverse_model(model, layers, input_gradient, output, probabilities)
 
 
-def finish_outputs(b: Builder, rewritten: onnx.ModelProto, scores: str, chosen: str, computed: dict[str, str],
+def finish_outputs(b: Builder, rewritten: ModelProto, scores: str, chosen: str, computed: dict[str, str],
                    prefix: str) -> dict[str, str]:
     """Expose the scores, each tensor in `computed` and what was computed for it (as <prefix><tensor>) as graph
     outputs, keeping only the emitted nodes that reach them; returns tensor -> output name."""
     names = {name: prefix + name for name in computed}
-    b.nodes.extend(helper.make_node("Identity", [computed[n]], [names[n]], name=f"onnxcam/out_{prefix}{n}")
+    b.nodes.extend(make_node("Identity", [computed[n]], [names[n]], name=f"onnxcam/out_{prefix}{n}")
                    for n in computed)
-    b.nodes.append(helper.make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
+    b.nodes.append(make_node("Identity", [scores], [SCORES], name="onnxcam/out_scores"))
     nodes, initializers = live_nodes(*b.finish(), {SCORES, *names.values()})
     nodes, initializers = promote_to_float32(nodes, initializers, b._types)  # float16 models: float32 backward
     rewritten.graph.node.extend(nodes)
@@ -167,8 +165,8 @@ def finish_outputs(b: Builder, rewritten: onnx.ModelProto, scores: str, chosen: 
     return names
 
 
-def live_nodes(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
-          outputs: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def live_nodes(nodes: list[NodeProto], initializers: list[TensorProto],
+          outputs: set[str]) -> tuple[list[NodeProto], list[TensorProto]]:
     """Drop emitted nodes whose results reach no output (rules also emit gradients for weights, and
     onnxruntime would compute those: it does not eliminate dead nodes)."""
     live = set(outputs)
@@ -180,7 +178,7 @@ def live_nodes(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]
     return kept[::-1], [t for t in initializers if t.name in live]
 
 
-def _effective_seed(b: Builder, scores: str, graph: onnx.GraphProto, like: str) -> str:
+def _effective_seed(b: Builder, scores: str, graph: GraphProto, like: str) -> str:
     """The seed input; for rank-2 scores, rows of zeros become the one-hot of the predicted class."""
     shape = b.static_shape(like)
     elem_type = b.elem_type(like)
@@ -188,7 +186,7 @@ def _effective_seed(b: Builder, scores: str, graph: onnx.GraphProto, like: str) 
     # SAME ConvTranspose), and a wrong declared size would make onnxruntime reject every seed.
     dims: list[int | str | None] | None = [f"onnxcam_seed_{i}" for i in range(len(shape))] if shape is not None \
         else None
-    graph.input.append(helper.make_tensor_value_info(SEED, elem_type, dims))
+    graph.input.append(make_tensor_value_info(SEED, elem_type, dims))
     b.set_shape(SEED, tuple(dims) if dims is not None else None, elem_type)
     if shape is None or len(shape) != 2:
         return SEED
@@ -200,13 +198,13 @@ def _effective_seed(b: Builder, scores: str, graph: onnx.GraphProto, like: str) 
     return b.op("Add", SEED, b.op("Mul", one_hot, b.cast_like(empty_row, SEED)))
 
 
-def _add_outputs(model: onnx.ModelProto, names: dict[str, tuple[int, Shape | None]]) -> None:
+def _add_outputs(model: ModelProto, names: dict[str, tuple[int, Shape | None]]) -> None:
     """Add graph outputs (name -> element type, static shape) that are not outputs yet."""
     existing = {o.name for o in model.graph.output}
     for name, (elem_type, shape) in names.items():
         if name not in existing:
             dims = [None] * len(shape) if shape is not None else None  # rank only, for the same reason
-            model.graph.output.append(helper.make_tensor_value_info(name, elem_type, dims))
+            model.graph.output.append(make_tensor_value_info(name, elem_type, dims))
             existing.add(name)
 
 

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import onnx
-
 from onnxcam.errors import GradientError
 from onnxcam.graph.builder import Builder
 from onnxcam.graph.load import FLOAT_TYPES
+from onnxcam.graph.protos import NodeProto
 from onnxcam.graph.reverse.gradients import RULES, Node, Rule
 from onnxcam.graph.topo import ancestors
 
 
-def differentiable_inputs(node: onnx.NodeProto, rules: Mapping[str, Rule] = RULES) -> list[str]:
+def differentiable_inputs(node: NodeProto, rules: Mapping[str, Rule] = RULES) -> list[str]:
     rule = rules.get(node.op_type)
     indices = range(len(node.input)) if rule is None or rule.inputs is None else rule.inputs
     return [node.input[i] for i in indices if i < len(node.input) and node.input[i]]
 
 
-def depends_on(nodes: Sequence[onnx.NodeProto], sources: set[str], builder: Builder,
+def depends_on(nodes: Sequence[NodeProto], sources: set[str], builder: Builder,
                rules: Mapping[str, Rule] = RULES) -> set[str]:
     """Float tensors whose value changes with any tensor in `sources` (through differentiable edges)."""
     reached = set(sources)
@@ -40,7 +39,7 @@ def depends_on(nodes: Sequence[onnx.NodeProto], sources: set[str], builder: Buil
     return reached
 
 
-def backward(builder: Builder, nodes: Sequence[onnx.NodeProto], score: str, seed: str,
+def backward(builder: Builder, nodes: Sequence[NodeProto], score: str, seed: str,
              wrt: Sequence[str], rules: Mapping[str, Rule] = RULES, kind: str = "gradient") -> dict[str, str]:
     """Emit d<seed, score>/d t for every t in `wrt`; returns their tensor names. With another rule table, what
     the table propagates instead (`kind` names it in errors)."""
@@ -74,7 +73,7 @@ def backward(builder: Builder, nodes: Sequence[onnx.NodeProto], score: str, seed
     return {name: total(name) or builder.zeros_like(name) for name in wrt}
 
 
-def _missing_rule(proto: onnx.NodeProto, wrt: Sequence[str], kind: str = "gradient") -> GradientError:
+def _missing_rule(proto: NodeProto, wrt: Sequence[str], kind: str = "gradient") -> GradientError:
     where = f"'{proto.domain}.{proto.op_type}'" if proto.domain else f"'{proto.op_type}'"
     return GradientError(
         f"no {kind} rule for op {where} (node '{proto.name}', output '{proto.output[0]}') on the path from "

@@ -14,19 +14,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import onnx
-from onnx import helper
-
 from onnxcam.errors import ModelError
 from onnxcam.graph.builder import Builder
+from onnxcam.graph.protos import NodeProto, attribute_value
 
 
 class Node:
     """Read access to a forward node: inputs, outputs and attributes with defaults."""
 
-    def __init__(self, proto: onnx.NodeProto) -> None:
+    def __init__(self, proto: NodeProto) -> None:
         self.proto = proto
-        self._attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
+        self._attrs = {a.name: attribute_value(a) for a in proto.attribute}
 
     @property
     def op_type(self) -> str:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
-import onnx
-
 from onnxcam.graph.builder import Builder
 from onnxcam.graph.load import FLOAT_TYPES
+from onnxcam.graph.protos import TensorProto
 from onnxcam.graph.reverse.gradients import Grads, Node, rule
 
 
@@ -227,5 +226,5 @@ def cos(b: Builder, node: Node, grads: list[str | None]) -> Grads:
 @rule("Cast")
 def cast(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     if b.elem_type(node.inputs[0]) not in FLOAT_TYPES:  # an integer (quantised) input: gradients stay float32
-        return [b.op("Cast", grads[0], to=onnx.TensorProto.FLOAT)]
+        return [b.op("Cast", grads[0], to=TensorProto.FLOAT)]
     return [b.cast_like(grads[0] or "", node.inputs[0])]

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import onnx
 
 from onnxcam.errors import GradientError
 from onnxcam.graph.builder import Builder, Shape
+from onnxcam.graph.protos import TensorProto
 from onnxcam.graph.reverse.gradients import Grads, Node, rule
 
 
@@ -286,7 +286,7 @@ def _resize_basis(b: Builder, x: str, axis: int, position: int, count: int,
     length = b.ints([n]) if isinstance(n, int) else b.op("Gather", b.op("Shape", x), b.ints([axis]))
     if nearest:
         indices = b.op("Cast", b.op("Range", b.const(0, np.int64), b.op("Reshape", length, b.ints([])),
-                                    b.const(1, np.int64)), to=onnx.TensorProto.FLOAT)
+                                    b.const(1, np.int64)), to=TensorProto.FLOAT)
         data, lead = b.op("Reshape", indices, b.ints([1, -1])), b.ints([1])
     else:
         data, lead = b.op("EyeLike", b.op("ConstantOfShape", b.op("Concat", length, length, axis=0))), length
@@ -306,7 +306,7 @@ def _resize_basis(b: Builder, x: str, axis: int, position: int, count: int,
     if not nearest:
         return resized
     column = b.op("Transpose", data)
-    return b.op("Cast", b.op("Equal", column, resized), to=onnx.TensorProto.FLOAT)
+    return b.op("Cast", b.op("Equal", column, resized), to=TensorProto.FLOAT)
 
 
 def _along(b: Builder, g: str, basis: str, axis: int, rank: int) -> str:

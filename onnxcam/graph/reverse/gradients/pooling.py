@@ -4,10 +4,10 @@ spread scaled gradients back over their windows with a ones-kernel ConvTranspose
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.errors import GradientError
 from onnxcam.graph.builder import Builder
+from onnxcam.graph.protos import TensorProto, attribute_value, from_array
 from onnxcam.graph.reverse.gradients import Grads, Node, rule
 from onnxcam.graph.reverse.gradients.conv import Window, pad, shape_of, window, window_adjoint
 
@@ -29,7 +29,7 @@ def max_pool(b: Builder, node: Node, grads: list[str | None]) -> Grads:
         b.set_shape(indices, b.static_shape(node.outputs[0]), TensorProto.INT64)
     flat = b.ints([-1])
     zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", x), b.ints([1])),
-                 value=numpy_helper.from_array(np.zeros(1, b.np_dtype(x))))
+                 value=from_array(np.zeros(1, b.np_dtype(x))))
     # reduction="add": windows overlap, so one input can be the maximum of several outputs.
     dx = b.op("ScatterElements", zeros, b.op("Reshape", node.outputs[1], flat), b.op("Reshape", g, flat), axis=0,
               reduction="add")
@@ -65,7 +65,7 @@ def _plane(b: Builder, x: str) -> str:
     if shape is not None and all(isinstance(d, int) for d in shape[2:]):
         return b.const(np.ones([1, 1] + list(shape[2:]), b.np_dtype(x)))
     return b.op("ConstantOfShape", b.op("Concat", b.ints([1, 1]), b.shape(x, 2), axis=0),
-                value=numpy_helper.from_array(np.ones(1, b.np_dtype(x))))
+                value=from_array(np.ones(1, b.np_dtype(x))))
 
 
 @rule("AveragePool")
@@ -77,7 +77,7 @@ def average_pool(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     plane = _plane(b, x)
     # The same op over ones gives count/divisor per output, whatever divisor convention (count_include_pad, ceil
     # mode clipping) the runtime uses; dividing by the count of in-range positions leaves 1/divisor.
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.proto.attribute}
+    attrs = {a.name: attribute_value(a) for a in node.proto.attribute}
     pooled = b.op("AveragePool", plane, **attrs)
     count = _count(b, win, plane, pooled)
     scale = b.op("Div", pooled, b.op("Max", count, b.scalar_like(1.0, x)))

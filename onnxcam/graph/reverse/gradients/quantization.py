@@ -16,13 +16,13 @@ block (`block_size`, opset 21: one scale for every block_size elements along `ax
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from onnxcam.errors import GradientError
 from onnxcam.graph.builder import Builder
+from onnxcam.graph.protos import TensorProto, from_array, type_name
 from onnxcam.graph.reverse.gradients import Grads, Node, rule
 
-T = onnx.TensorProto
+T = TensorProto
 
 # [qmin, qmax] of each quantised type (float8 and float4: the largest finite magnitude, where they saturate).
 QUANTIZED_RANGES: dict[int, tuple[float, float]] = {
@@ -78,7 +78,7 @@ def along_axis(b: Builder, node: Node, param: str, x: str) -> str:
 def _column_dynamic(b: Builder, param: str, x: str, axis: int) -> str:
     """Reshape to [-1, 1, ..., 1] with rank(x) - axis - 1 ones, the rank known only at run time."""
     trailing = b.op("Sub", b.op("Size", b.op("Shape", x)), b.ints([axis + 1]))
-    ones = b.op("ConstantOfShape", trailing, value=onnx.numpy_helper.from_array(np.ones(1, np.int64)))
+    ones = b.op("ConstantOfShape", trailing, value=from_array(np.ones(1, np.int64)))
     return b.op("Reshape", param, b.op("Concat", b.ints([-1]), ones, axis=0))
 
 
@@ -114,7 +114,7 @@ def quantize(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     """Straight-through: dq/dx = 1 / scale where x / scale + zero_point is inside [qmin, qmax], 0 outside."""
     qtype = quantized_type(b, node)
     if qtype not in QUANTIZED_RANGES:
-        name = onnx.helper.tensor_dtype_to_string(qtype)
+        name = type_name(qtype)
         raise GradientError(f"node '{node.name}' (QuantizeLinear) produces {name}, a type with no known range; "
                             "use a gradient-free method (eigencam, scorecam, ablationcam)")
     x, scale, zero_point = node.inputs[0], node.inputs[1], node.input(2)

@@ -20,11 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from onnxcam.errors import GradientError
 from onnxcam.graph.builder import Builder
+from onnxcam.graph.protos import TensorProto, from_array
 from onnxcam.graph.reverse.gradients import Grads, Node, rule
 
 _CUBIC_A = -0.75  # onnxruntime's (and PyTorch's) cubic convolution constant
@@ -91,7 +90,7 @@ def grid_sample(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     dy = b.unsqueeze(b.op("Reshape", g, b.ints([0, 0, -1])), [2])              # (N, C, 1, P)
     updates = b.op("Mul", dy, weight)                                          # (N, C, corners, P)
     flat_index = b.op("Reshape", b.op("Expand", index, b.op("Shape", updates)), b.ints([0, 0, -1]))
-    zeros = b.op("ConstantOfShape", b.op("Shape", pixels), value=numpy_helper.from_array(np.zeros(1, b.np_dtype(x))))
+    zeros = b.op("ConstantOfShape", b.op("Shape", pixels), value=from_array(np.zeros(1, b.np_dtype(x))))
     dx = b.op("ScatterElements", zeros, flat_index, b.op("Reshape", updates, b.ints([0, 0, -1])), axis=2,
               reduction="add")  # corners of different samples can be the same pixel
     dx = b.op("Reshape", dx, b.op("Shape", x))
@@ -160,7 +159,7 @@ def _axis(b: Builder, x: str, grid: str, n: str, axis: int, kernel: _Kernel, pad
         scale = b.op("Div", size, two)
     base = b.op(kernel.rounding, coord)
     t = b.op("Sub", coord, b.op("Floor", coord))
-    ones = b.op("ConstantOfShape", b.op("Shape", t), value=numpy_helper.from_array(np.ones(1, dtype)))
+    ones = b.op("ConstantOfShape", b.op("Shape", t), value=from_array(np.ones(1, dtype)))
     powers = b.op("Concat", ones, *_powers(b, t, kernel), axis=1)            # (N, degree + 1, P)
     weight = b.op("MatMul", b.const(np.asarray(kernel.coefficients, dtype)), powers)
     slope = None
@@ -175,7 +174,7 @@ def _axis(b: Builder, x: str, grid: str, n: str, axis: int, kernel: _Kernel, pad
         slope = None if slope is None else b.op("Mul", slope, inside)
     elif padding == "reflection":
         tap = _reflect(b, tap, last, corners, grid)
-    index = b.op("Cast", b.op("Clip", tap, zero, last), to=onnx.TensorProto.INT64)
+    index = b.op("Cast", b.op("Clip", tap, zero, last), to=TensorProto.INT64)
     return _Axis(index, weight, slope)
 
 

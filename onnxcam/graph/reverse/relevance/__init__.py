@@ -18,12 +18,11 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import onnx
-
 from onnxcam.graph.builder import Builder
 from onnxcam.graph.contract import FIRST_LAYER_RULES as FIRST_LAYER_RULES
 from onnxcam.graph.contract import LINEAR_RULES as LINEAR_RULES
 from onnxcam.graph.contract import LrpOptions
+from onnxcam.graph.protos import NodeProto
 from onnxcam.graph.reverse.gradients import NON_DIFFERENTIABLE, RULES, Grads, Node, Rule, RuleFn
 
 LrpFn = Callable[[Builder, Node, list[str | None], LrpOptions], Grads]
@@ -79,7 +78,7 @@ def gradient_rule(op_type: str) -> Rule:
 
 def copy_node(b: Builder, node: Node, inputs: list[str], hint: str) -> Node:
     """A copy of the forward node reading `inputs`, emitted into the new graph; its output is `.outputs[0]`."""
-    proto = onnx.NodeProto()
+    proto = NodeProto()
     proto.CopyFrom(node.proto)
     del proto.input[:]
     proto.input.extend(inputs)

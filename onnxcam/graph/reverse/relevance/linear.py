@@ -10,9 +10,9 @@ weights: positive contributions come from (x+, w+) and (x-, w-), negative ones f
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from onnxcam.graph.builder import Builder
+from onnxcam.graph.protos import NodeProto
 from onnxcam.graph.reverse.gradients import Grads, Node
 from onnxcam.graph.reverse.relevance import LrpOptions, copy_node, divide, gradient_rule, lrp_rule
 
@@ -26,7 +26,7 @@ _KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "
 _NONNEGATIVE = {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus", "HardSigmoid"}
 
 
-def _producers(b: Builder) -> dict[str, onnx.NodeProto]:
+def _producers(b: Builder) -> dict[str, NodeProto]:
     return {out: node for node in b.graph.node for out in node.output}
 
 
