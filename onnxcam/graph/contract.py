@@ -1,7 +1,7 @@
-"""What the layers above the graph code share with it, importable without onnx.
+"""What the layers above the graph code share with it, importable without loading the graph code.
 
 A warm run (every rewritten graph and every model fact already in the cache) never parses the model and never
-imports onnx, whose import alone costs more than a ResNet-50 forward. So the names that the layers above use in
+loads the graph code (nor onnx's messages and extension). So the names that the layers above use in
 their signatures and in their runs (the tensor catalogue's entries, a detector's scales, LRP's options, the names
 of a rewritten model's extra inputs and outputs) live here, and the graph modules that make them re-export them.
 """
