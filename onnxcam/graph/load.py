@@ -444,8 +444,7 @@ def _infer_shapes(model: ModelProto) -> ModelProto:
     for value in bare.graph.output:  # outputs' shapes can be stale too: keep only their element types
         value.type.tensor_type.ClearField("shape")
     try:
-        inferred = infer_across_contrib_quantization(bare, lambda m: infer_shapes(m,
-                                                                                                 data_prop=True))
+        inferred = infer_across_contrib_quantization(bare, lambda m: infer_shapes(m, data_prop=True))
     except Exception:  # inference is an aid: rules fall back to run-time shapes
         return model
     found = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
