@@ -43,7 +43,7 @@ class Builder:
         names = [self.fresh(op_type) for _ in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
         node = make_node(op_type, [i or "" for i in inputs], names, name=self.fresh(op_type + "_node"),
-                                **attrs)
+                         **attrs)
         self.nodes.append(node)
         return names[0] if outputs == 1 else names
 

@@ -59,7 +59,7 @@ def extract_head(model: ModelProto, tensor: str, output: str, scale: bool = Fals
     def value(name: str) -> ValueInfoProto:
         shape = shapes.get(name)
         return make_tensor_value_info(name, types.get(name, TensorProto.FLOAT),
-                                             list(shape) if shape is not None else None)
+                                      list(shape) if shape is not None else None)
 
     inputs = [value(tensor)] + [value(n) for n in extra]
     if scale:
@@ -68,7 +68,7 @@ def extract_head(model: ModelProto, tensor: str, output: str, scale: bool = Fals
         nodes.insert(0, make_node("Mul", [tensor, SCALE], [scaled], name="onnxcam/scale"))
         rank = len(shapes.get(tensor) or ())
         inputs.append(make_tensor_value_info(SCALE, types.get(tensor, TensorProto.FLOAT),
-                                                    [f"scale_{i}" for i in range(rank)] if rank else None))
+                                             [f"scale_{i}" for i in range(rank)] if rank else None))
     head_graph = make_graph(
         nodes, f"{graph.name}_head", inputs, [value(output)], [t for t in graph.initializer if t.name in used])
     head = make_model(head_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)

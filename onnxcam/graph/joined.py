@@ -25,7 +25,7 @@ def joined_name(outputs: Sequence[str]) -> str:
 
 
 def join_outputs(model: ModelProto, outputs: Sequence[str]) -> tuple[ModelProto, str,
-                                                                           tuple[tuple[int, ...], ...]]:
+                                                                     tuple[tuple[int, ...], ...]]:
     """A copy of `model` with one more output, (N, sum of the outputs' sizes per image): `outputs` each reshaped to
     (N, -1), concatenated in order. Returns the model, the new output's name and each output's shape per image
     (static sizes are needed to split the joined values again)."""
@@ -54,12 +54,12 @@ def join_outputs(model: ModelProto, outputs: Sequence[str]) -> tuple[ModelProto,
     flat = [f"{joined}/flat{k}" for k in range(len(outputs))]
     for k, name in enumerate(outputs):
         out.graph.node.append(make_node("Reshape", [name, flat_shape.name], [flat[k]],
-                                               name=f"{joined}/reshape{k}"))
+                                        name=f"{joined}/reshape{k}"))
     out.graph.node.append(make_node("Concat", flat, [joined], name=f"{joined}/concat", axis=1))
     size = sum(int(_product(p)) for p in parts)
     batch = shapes[outputs[0]][0]  # type: ignore[index]
     out.graph.output.append(make_tensor_value_info(joined, element.pop(),
-                                                          [batch if isinstance(batch, (int, str)) else None, size]))
+                                                   [batch if isinstance(batch, (int, str)) else None, size]))
     return out, joined, tuple(parts)
 
 

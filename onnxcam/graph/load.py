@@ -20,12 +20,14 @@ from onnxcam.errors import ModelError
 from onnxcam.graph.contract import ModelSource
 from onnxcam.graph.contract import model_name as model_name
 from onnxcam.graph.protos import (
+    AttributeProto,
     GraphProto,
     ModelProto,
     NodeProto,
     OperatorSetIdProto,
     TensorProto,
     ValueInfoProto,
+    attribute_value,
     convert_version,
     from_array,
     infer_shapes,
@@ -33,7 +35,6 @@ from onnxcam.graph.protos import (
     make_graph,
     make_model,
     make_tensor_type_proto,
-    make_tensor_value_info,
     np_dtype,
     onnx_version,
     opset_version,
@@ -347,8 +348,7 @@ def _outputs_fit(node: NodeProto, inputs: list[TensorProto],
     """Whether every output is known, from shape inference on the node alone with its constant inputs, to hold at
     most _FOLD_LIMIT elements: checked before evaluating, since a 1.5 KB ConstantOfShape([500000000]) would
     allocate 2 GB. An output whose size inference cannot tell stays unfolded."""
-    graph = make_graph([node], "fold", [], [ValueInfoProto(name=name) for name in node.output if name],
-                              inputs)
+    graph = make_graph([node], "fold", [], [ValueInfoProto(name=name) for name in node.output if name], inputs)
     try:
         model = make_model(graph, opset_imports=opsets, ir_version=MAX_IR_VERSION)
         inferred = infer_shapes(model, strict_mode=True)
@@ -371,18 +371,49 @@ def _outputs_fit(node: NodeProto, inputs: list[TensorProto],
 
 def _evaluate(node: NodeProto, inputs: list[TensorProto],
               opsets: list[OperatorSetIdProto]) -> list[np.ndarray] | None:
-    from onnx.reference import ReferenceEvaluator
+    """The node's outputs, or None when it cannot be evaluated here (it then stays in the graph)."""
+    if node.op_type == "Constant":
+        value = _constant_value(node)
+        return None if value is None else [value]
+    if node.op_type == "Identity":
+        return [to_array(inputs[0])]
+    return _evaluate_by_run(node, inputs, opsets)
 
-    feeds = {t.name: to_array(t) for t in inputs}
-    graph = make_graph(
-        [node], "fold", [make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inputs],
-        [ValueInfoProto(name=name) for name in node.output if name])
-    try:
-        model = make_model(graph, opset_imports=opsets)
-        results = ReferenceEvaluator(model).run(None, feeds)
-    except Exception:  # the reference evaluator lacks some ops; such nodes simply stay
+
+_CONSTANT_VALUES = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                    "value_ints": np.int64}
+
+
+def _constant_value(node: NodeProto) -> np.ndarray | None:
+    """A Constant node's value from its one attribute (strings and sparse tensors are left to the node)."""
+    if len(node.attribute) != 1:
         return None
-    return [np.asarray(r) for r in results]
+    attribute = node.attribute[0]
+    if attribute.name == "value" and attribute.type == AttributeProto.TENSOR:
+        return to_array(attribute.t) if attribute.t.data_type != TensorProto.STRING else None
+    dtype = _CONSTANT_VALUES.get(attribute.name)
+    return None if dtype is None else np.array(attribute_value(attribute), dtype=dtype)
+
+
+def _evaluate_by_run(node: NodeProto, inputs: list[TensorProto],
+                     opsets: list[OperatorSetIdProto]) -> list[np.ndarray] | None:
+    """One onnxruntime run of the node alone on its constant inputs: the runtime that will run the model."""
+    import onnxruntime as ort
+
+    names = [name for name in node.output if name]
+    graph = make_graph([node], "fold", [], [ValueInfoProto(name=name) for name in names], inputs)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        model = make_model(graph, opset_imports=opsets, ir_version=MAX_IR_VERSION)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        results = session.run(names, {})
+    except Exception:  # onnxruntime cannot run the node alone (an op it lacks, a type it refuses): it stays
+        return None
+    if not all(isinstance(r, np.ndarray) for r in results) or len(results) != len(node.output):
+        return None  # sequences and maps stay in the graph; so do nodes with skipped (empty-named) outputs
+    return list(results)
 
 
 def _infer_shapes(model: ModelProto) -> ModelProto:
@@ -413,8 +444,7 @@ def _infer_shapes(model: ModelProto) -> ModelProto:
     for value in bare.graph.output:  # outputs' shapes can be stale too: keep only their element types
         value.type.tensor_type.ClearField("shape")
     try:
-        inferred = infer_across_contrib_quantization(bare, lambda m: infer_shapes(m,
-                                                                                                 data_prop=True))
+        inferred = infer_across_contrib_quantization(bare, lambda m: infer_shapes(m, data_prop=True))
     except Exception:  # inference is an aid: rules fall back to run-time shapes
         return model
     found = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}

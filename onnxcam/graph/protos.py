@@ -340,7 +340,7 @@ def infer_shapes(model: ModelProto, strict_mode: bool = False, data_prop: bool =
     """onnx's shape inference (onnx.shape_inference.infer_shapes): a copy of `model` with value_info filled in."""
     inferred = ModelProto()
     inferred.ParseFromString(_native.shape_inference.infer_shapes(model.SerializeToString(), False, strict_mode,
-                                                                   data_prop))
+                                                                  data_prop))
     return inferred
 
 

@@ -87,7 +87,7 @@ class _Rewrite:
         out = output if output is not None else self.fresh(hint or op_type)
         attrs = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(make_node(op_type, inputs, [out], name=self.fresh(f"onnxcam_dq/{out}"),
-                                           domain=domain or None, **attrs))
+                                    domain=domain or None, **attrs))
         return out
 
     def const(self, value: np.ndarray, hint: str) -> str:
@@ -346,7 +346,7 @@ def _dynamic_quantize_matmul(rw: _Rewrite, node: NodeProto) -> bool:
     a, b, bs, bzp, bias = _args(node, 5, (0, 1, 2))
     q, scale, zero_point = (rw.fresh(f"{a}{suffix}") for suffix in ("_quantized", "_scale", "_zero_point"))
     rw.nodes.append(make_node("DynamicQuantizeLinear", [a], [q, scale, zero_point],
-                                     name=rw.fresh(f"onnxcam_dq/{q}")))
+                              name=rw.fresh(f"onnxcam_dq/{q}")))
     rw.types.update({q: T.UINT8, scale: T.FLOAT, zero_point: T.UINT8})
     left = rw.dequantized(q, scale, zero_point)
     right = rw.dequantized(b, bs, bzp, -1 if rw.per_axis(bs) else None)
@@ -369,7 +369,7 @@ def _value_preserving(rw: _Rewrite, node: NodeProto) -> bool:
     outputs = [o for o in node.output]
     floats = [rw.fresh(f"{o}_float") if o else "" for o in outputs]
     rw.nodes.append(make_node(node.op_type, inputs, floats, name=rw.fresh(f"onnxcam_dq/{node.name}"),
-                                     **attributes(node)))
+                              **attributes(node)))
     for value, output in zip(floats, outputs):
         if output:
             rw.types[output] = rw.elem_type(source)

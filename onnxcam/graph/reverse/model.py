@@ -166,7 +166,7 @@ def finish_outputs(b: Builder, rewritten: ModelProto, scores: str, chosen: str, 
 
 
 def live_nodes(nodes: list[NodeProto], initializers: list[TensorProto],
-          outputs: set[str]) -> tuple[list[NodeProto], list[TensorProto]]:
+               outputs: set[str]) -> tuple[list[NodeProto], list[TensorProto]]:
     """Drop emitted nodes whose results reach no output (rules also emit gradients for weights, and
     onnxruntime would compute those: it does not eliminate dead nodes)."""
     live = set(outputs)
