@@ -164,3 +164,80 @@ def test_upgraded_resize_keeps_its_values(op, opset, mode, scales):
     before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     after = ort.InferenceSession(load_model(model).SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_array_equal(before, after)
+
+
+def _constant_subgraph_model() -> onnx.ModelProto:
+    """Shape arithmetic as exporters write it: Constant nodes in every attribute form, then ops on constants only,
+    ending in a Reshape of the image input."""
+    ints = helper.make_tensor("v", TensorProto.INT64, [3], [2, 3, 4])
+    nodes = [
+        helper.make_node("Constant", [], ["c_tensor"], value=ints),
+        helper.make_node("Constant", [], ["c_ints"], value_ints=[1, 1, 1]),
+        helper.make_node("Constant", [], ["c_int"], value_int=5),
+        helper.make_node("Constant", [], ["c_float"], value_float=2.5),
+        helper.make_node("Constant", [], ["c_floats"], value_floats=[0.5, -1.5]),
+        helper.make_node("Identity", ["c_tensor"], ["ident"]),
+        helper.make_node("Mod", ["ident", "c_ints"], ["mod"]),
+        helper.make_node("Sub", ["ident", "mod"], ["sub"]),
+        helper.make_node("Cast", ["c_float"], ["cast"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["cast", "axis0"], ["unsq"]),
+        helper.make_node("Concat", ["sub", "unsq"], ["concat"], axis=0),
+        helper.make_node("Shape", ["c_floats"], ["shape"]),
+        helper.make_node("ConstantOfShape", ["shape"], ["zeros"], value=helper.make_tensor("z", 1, [1], [3.0])),
+        helper.make_node("Gather", ["concat", "c_int_index"], ["gathered"], axis=0),
+        helper.make_node("Slice", ["concat", "start", "end"], ["sliced"]),
+        helper.make_node("Transpose", ["grid"], ["grid_t"], perm=[1, 0]),
+        helper.make_node("Reshape", ["x", "target_shape"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+             numpy_helper.from_array(np.array([1], np.int64), "c_int_index"),
+             numpy_helper.from_array(np.array([0], np.int64), "start"),
+             numpy_helper.from_array(np.array([2], np.int64), "end"),
+             numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "grid"),
+             numpy_helper.from_array(np.array([1, -1], np.int64), "target_shape")]
+    graph = helper.make_graph(nodes, "shape_math", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_constants_fold_to_what_onnx_reference_evaluator_computes():
+    from onnx.reference import ReferenceEvaluator
+
+    model = _constant_subgraph_model()
+    folded_names = [o for n in model.graph.node if n.op_type != "Reshape" for o in n.output]
+    loaded = load_model(model)
+    assert [n.op_type for n in loaded.graph.node] == ["Reshape"]
+    values = {t.name: numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in folded_names)
+    reference = ReferenceEvaluator(exposed).run(folded_names, {"x": np.zeros((1, 3, 4), np.float32)})
+    for name, expected in zip(folded_names, reference):
+        assert values[name].dtype == np.asarray(expected).dtype, name
+        np.testing.assert_array_equal(values[name], expected, err_msg=name)
+
+
+def test_loading_a_torch_export_never_imports_onnx():
+    """Constant folding, shape inference and the rest of load_model need none of the onnx package (its import
+    costs 0.5 s): shapes_vit, a TorchScript export, holds 91 Constant nodes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys; from onnxcam.graph.load import load_model; "
+            f"m = load_model({str(root / 'models' / 'shapes_vit.onnx')!r}); "
+            "print(sum(n.op_type == 'Constant' for n in m.graph.node), 'onnx' in sys.modules, "
+            "'ml_dtypes' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "False", "False"]
+
+
+def test_external_data_that_ends_early_is_refused(tmp_path):
+    path = tmp_path / "ext.onnx"
+    onnx.save(tiny_cnn(), str(path), save_as_external_data=True, location="w.data", size_threshold=0)
+    data = tmp_path / "w.data"
+    data.write_bytes(data.read_bytes()[:-8])
+    with pytest.raises(ModelError, match="cannot read external data.*ends before tensor"):
+        load_model(path)

@@ -33,7 +33,8 @@ from onnxcam.graph import protos
 print("before", "onnx" in sys.modules, "ml_dtypes" in sys.modules)
 import onnx
 print("same", onnx.ModelProto is protos.ModelProto, onnx.TensorProto is protos.TensorProto,
-      onnx.onnx_ml_pb2 is sys.modules["onnx.onnx_ml_pb2"], onnx.onnx_cpp2py_export is sys.modules["onnx.onnx_cpp2py_export"])
+      onnx.onnx_ml_pb2 is sys.modules["onnx.onnx_ml_pb2"],
+      onnx.onnx_cpp2py_export is sys.modules["onnx.onnx_cpp2py_export"])
 graph = protos.make_graph([protos.make_node("Relu", ["x"], ["y"])], "g",
                           [protos.make_tensor_value_info("x", protos.TensorProto.FLOAT, [1, 3])],
                           [protos.make_tensor_value_info("y", protos.TensorProto.FLOAT, [None, None])])
