@@ -180,11 +180,19 @@ def _optimised_session(identity: str, request: object, build: Callable[[], onnx.
             variant = _optimise(identity, name, generic, source)
         else:
             model = build()
-            serialised = _serialised(model)
+            weights = _detach_weights(model)
+            serialised = _serialised(model)  # the graph alone: its large tensors go to onnxruntime as arrays
             if serialised is not None:
-                del model  # onnxruntime parses the bytes: the ModelProto would be a second copy of the weights
-                variant = _optimise(identity, name, serialised, source)
+                del model  # the arrays hold the weights now: the ModelProto would be a second copy of them
+                try:
+                    variant = _optimise(identity, name, serialised, source, weights)
+                except OSError as exc:  # (build may hand back the model just taken apart: not asked again)
+                    warn_unwritable(exc)
+                    return _detached_session(serialised, weights)
+                del weights  # before the cached graph's session maps the same weights
             else:
+                _attach_weights(model, weights)
+                del weights
                 with scratch_variant(identity, model) as scratch:
                     variant = _optimise(identity, name, scratch, source)
     return _variant_session(variant, ["CPUExecutionProvider"], optimised=True)
@@ -227,9 +235,63 @@ def _serialised(model: onnx.ModelProto) -> bytes | None:
         return None
 
 
-def _optimise(identity: str, name: str, model: Variant | bytes, source: object = None) -> Variant:
-    """onnxruntime's optimised graph of `model` (a stored variant, or serialised bytes) for the CPU provider,
-    stored as variant `name`."""
+def _detach_weights(model: onnx.ModelProto) -> dict[str, Any]:
+    """Take the main graph's large tensors out of `model` as OrtValues (name -> value, each holding its array),
+    leaving them marked external: onnxruntime is handed them with the graph (SessionOptions.
+    add_external_initializers) instead of parsing them out of serialised bytes, a pass over the weights saved."""
+    import onnx
+
+    from onnxcam.cache import NUMPY_TYPES, constants_to_initializers
+
+    constants_to_initializers(model.graph)
+    weights = {}
+    for tensor in model.graph.initializer:
+        dtype = NUMPY_TYPES.get(tensor.data_type)
+        if dtype is None or tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+            continue
+        data = tensor.raw_data  # a copy of the bytes (each read of the field makes one)
+        try:
+            array = np.frombuffer(data, np.dtype(dtype)).reshape(tuple(tensor.dims))
+        except ValueError:  # bytes that do not fit the shape: left to onnxruntime to report
+            continue
+        if array.nbytes < EXTERNAL_MIN:
+            continue
+        weights[tensor.name] = ort.OrtValue.ortvalue_from_numpy(array)  # borrows the array and keeps it alive
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", _DETACHED), ("offset", "0"), ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return weights
+
+
+_DETACHED = "onnxcam-detached-weights"  # the location of detached tensors: no file, onnxruntime is given them
+
+
+def _attach_weights(model: onnx.ModelProto, weights: dict[str, Any]) -> None:
+    """Undo `_detach_weights` (the model is then written out whole)."""
+    import onnx
+
+    for tensor in model.graph.initializer:
+        if tensor.name in weights:
+            tensor.raw_data = weights[tensor.name].numpy().tobytes()
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
+def _detached_session(graph: bytes, weights: dict[str, Any]) -> Session:
+    """An in-memory CPU session on a graph whose large tensors were detached (the cache cannot be written)."""
+    options = _session_options()
+    options.add_external_initializers(list(weights), list(weights.values()))
+    session = _new_session(graph, options, ["CPUExecutionProvider"])
+    session.detached = weights  # onnxruntime reads the arrays in place: they live as long as the session
+    return session
+
+
+def _optimise(identity: str, name: str, model: Variant | bytes, source: object = None,
+              detached: dict[str, Any] | None = None) -> Variant:
+    """onnxruntime's optimised graph of `model` (a stored variant, or serialised bytes whose large tensors are
+    `detached`) for the CPU provider, stored as variant `name`."""
     folder = model_folder(identity)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(folder, name)
@@ -243,6 +305,8 @@ def _optimise(identity: str, name: str, model: Variant | bytes, source: object =
         weights = _shared_weights(model.weights)
         for tensor, value in weights.values(model.manifest).items():
             options.add_initializer(tensor, value)
+    elif detached:
+        options.add_external_initializers(list(detached), list(detached.values()))
     try:
         try:
             ort.InferenceSession(str(model.graph) if isinstance(model, Variant) else model, options,
@@ -377,6 +441,7 @@ class Session:
         self._on_device: dict[str, tuple[np.ndarray, Any]] = {}  # input name -> (read-only array, its OrtValue)
         self.uploads = 0  # arrays copied to the device (bound runs): tells the reuse is working
         self.weights: SharedWeights | None = None  # the mapped tensors this session was given (kept alive)
+        self.detached: dict[str, Any] = {}  # or the arrays it was given (kept alive)
 
     def run(self, names: Sequence[str], feeds: dict[str, Any]) -> list[Any]:
         try:
