@@ -181,20 +181,24 @@ def _optimised_session(identity: str, request: object, build: Callable[[], onnx.
         else:
             model = build()
             weights = _detach_weights(model)
-            serialised = _serialised(model)  # the graph alone: its large tensors go to onnxruntime as arrays
-            if serialised is not None:
-                del model  # the arrays hold the weights now: the ModelProto would be a second copy of them
-                try:
-                    variant = _optimise(identity, name, serialised, source, weights)
-                except OSError as exc:  # (build may hand back the model just taken apart: not asked again)
-                    warn_unwritable(exc)
-                    return _detached_session(serialised, weights)
-                del weights  # before the cached graph's session maps the same weights
-            else:
+            graph = _serialised(model)  # the graph alone: its large tensors go to onnxruntime as arrays
+            if graph is None:  # above protobuf's limit even without them
                 _attach_weights(model, weights)
                 del weights
                 with scratch_variant(identity, model) as scratch:
                     variant = _optimise(identity, name, scratch, source)
+            else:
+                del model  # the arrays hold the weights now: the ModelProto would be a second copy of them
+                try:
+                    variant = _optimise(identity, name, graph, source, weights)
+                except OSError as exc:  # (build may hand back the model just taken apart: not asked again)
+                    warn_unwritable(exc)
+                    return _detached_session(graph, weights)
+                except ModelError:  # an onnxruntime that will not take detached tensors: the whole model then
+                    whole = [_whole(graph, weights)]
+                    weights.clear()
+                    variant = _optimise_whole(identity, name, whole, source)
+                del weights  # before the cached graph's session maps the same weights
     return _variant_session(variant, ["CPUExecutionProvider"], optimised=True)
 
 
@@ -235,6 +239,18 @@ def _serialised(model: onnx.ModelProto) -> bytes | None:
         return None
 
 
+def _optimise_whole(identity: str, name: str, holder: list[onnx.ModelProto], source: object) -> Variant:
+    """`_optimise` on the model in `holder` (taken out of it, so that no caller keeps it alive), its weights
+    inside: handed over in memory below protobuf's 2 GiB, else as a scratch copy removed afterwards."""
+    model = holder.pop()
+    serialised = _serialised(model)
+    if serialised is not None:
+        del model  # onnxruntime parses the bytes: the ModelProto would be a second copy of the weights
+        return _optimise(identity, name, serialised, source)
+    with scratch_variant(identity, model) as scratch:
+        return _optimise(identity, name, scratch, source)
+
+
 def _detach_weights(model: onnx.ModelProto) -> dict[str, Any]:
     """Take the main graph's large tensors out of `model` as OrtValues (name -> value, each holding its array),
     leaving them marked external: onnxruntime is handed them with the graph (SessionOptions.
@@ -244,10 +260,12 @@ def _detach_weights(model: onnx.ModelProto) -> dict[str, Any]:
     from onnxcam.cache import NUMPY_TYPES, constants_to_initializers
 
     constants_to_initializers(model.graph)
+    used = _consumed(model.graph) | {o.name for o in model.graph.output}
     weights = {}
     for tensor in model.graph.initializer:
         dtype = NUMPY_TYPES.get(tensor.data_type)
-        if dtype is None or tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+        if dtype is None or tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data") \
+                or tensor.name not in used:  # onnxruntime drops unused ones before it looks for detached tensors
             continue
         data = tensor.raw_data  # a copy of the bytes (each read of the field makes one)
         try:
@@ -266,6 +284,30 @@ def _detach_weights(model: onnx.ModelProto) -> dict[str, Any]:
 
 
 _DETACHED = "onnxcam-detached-weights"  # the location of detached tensors: no file, onnxruntime is given them
+
+
+def _consumed(graph: onnx.GraphProto) -> set[str]:
+    """Names read by the graph's nodes, those of subgraphs (If, Loop, Scan bodies) included."""
+    import onnx
+
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                names |= _consumed(attribute.g)
+            for subgraph in attribute.graphs:
+                names |= _consumed(subgraph)
+    return names
+
+
+def _whole(graph: bytes, weights: dict[str, Any]) -> onnx.ModelProto:
+    """The model of a detached graph, its weights back inside."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(graph)
+    _attach_weights(model, weights)
+    return model
 
 
 def _attach_weights(model: onnx.ModelProto, weights: dict[str, Any]) -> None:

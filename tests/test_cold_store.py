@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcam
+import onnxcam.errors
 from onnxcam.cache import ALIGN, CACHE_ENV, SIZE_ENV, BlobStore
 from onnxcam.graph.reverse.model import expose, gradient_model
 from onnxcam.runtime import cached_session, make_session
@@ -217,3 +218,39 @@ def test_a_writer_killed_after_the_rename_leaves_no_variant(tmp_path: Path, cach
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     want = reference.run(["onnxcam_scores"], {"input": x, "onnxcam_seed": np.zeros((1, 10), np.float32)})[0]
     np.testing.assert_allclose(np.load(tmp_path / "first.npy"), want, rtol=1e-5, atol=1e-6)
+
+
+def _with_unused_weight() -> onnx.ModelProto:
+    """A model with a large initializer no node reads (what cutting a graph leaves): onnxruntime drops it before
+    it looks for the tensors it is handed."""
+    model = _odd_sizes_model()
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(5000, np.float32), "unused"))
+    return model
+
+
+def test_unused_weights_stay_in_the_graph_and_a_refused_handover_falls_back(cache: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxcam.runtime as runtime
+
+    feeds = {"x": np.array(1.25, np.float32)}
+    reference = make_session(_odd_sizes_model(), ["CPUExecutionProvider"])
+    _same_results(cached_session("test:unused", ("a",), _with_unused_weight, ["CPUExecutionProvider"]), reference,
+                  feeds)
+    # handed over anyway (as a detaching that misjudged what onnxruntime keeps would), onnxruntime refuses the
+    # model: it is then given the whole model, with the same results
+    monkeypatch.setattr(runtime, "_consumed", lambda graph: {t.name for t in graph.initializer} |
+                        {i for n in graph.node for i in n.input})
+    with pytest.raises(onnxcam.errors.ModelError, match="initializer"):
+        model = _with_unused_weight()
+        weights = runtime._detach_weights(model)
+        assert "unused" in weights
+        runtime._optimise("test:refused", "probe", model.SerializeToString(), None, weights)
+    session = cached_session("test:refused", ("a",), _with_unused_weight, ["CPUExecutionProvider"])
+    _same_results(session, reference, feeds)
+    assert len(_manifests(_folder_of("test:refused"))) == 1
+
+
+def _folder_of(identity: str) -> Path:
+    from onnxcam.cache import model_folder
+
+    return model_folder(identity)
