@@ -252,6 +252,19 @@ def scratch_variant(identity: str, model: onnx.ModelProto) -> Iterator[Variant]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def remove_leftovers(folder: Path) -> None:
+    """Remove the temporary files (see `temporary_name`, `_write_atomic`) of processes that died writing into
+    `folder`: a cold run killed while onnxruntime optimised leaves a graph and a weights file as large as the
+    model, hidden from the size count."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            parts = entry.name.split(".")
+            if entry.name.startswith(".") and len(parts) >= 5 and parts[-1] in ("onnx", "bin", "tmp") \
+                    and parts[-3].isdigit() and parts[-2].isdigit() and not _alive(parts[-3]):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
 def _alive(pid: str) -> bool:
     try:
         os.kill(int(pid), 0)

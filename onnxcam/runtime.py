@@ -33,6 +33,7 @@ from onnxcam.cache import (
     model_identity,
     model_sha256,
     proto_digest,
+    remove_leftovers,
     scratch_variant,
     store_variant,
     temporary_name,
@@ -336,6 +337,7 @@ def _optimise(identity: str, name: str, model: Variant | bytes, source: object =
     `detached`) for the CPU provider, stored as variant `name`."""
     folder = model_folder(identity)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(folder)
     tmp = temporary_name(folder, name)
     graph, blobs = tmp.with_name(tmp.name + ".onnx"), tmp.with_name(tmp.name + ".bin")
     options = _session_options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)

@@ -207,12 +207,14 @@ def test_a_writer_killed_after_the_rename_leaves_no_variant(tmp_path: Path, cach
     folder = _folder(cache)
     assert (folder / "weights.bin").stat().st_size > 0  # onnxruntime's file was renamed into place...
     assert not _manifests(folder) and not (folder / "blobs.json").exists()  # ...but nothing points into it
+    assert [p for p in folder.glob(".*.onnx")]  # the killed process's optimised graph, left behind
     for attempt in ("first", "warm"):
         run = subprocess.run([sys.executable, "-c", KILLED, str(model), "run", str(tmp_path / f"{attempt}.npy")],
                              env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr
     assert len(_manifests(folder)) == 1
     _check_index(folder)
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [".lock"]  # its leftovers removed
     np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "warm.npy"))
     reference = make_session(gradient_model(onnx.load(str(model)), ["relu"]).model, ["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
