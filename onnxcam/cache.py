@@ -5,7 +5,8 @@ shares one copy of its tensors on disk:
 
     $ONNXCAM_CACHE/models/<model>/
         model.json      the source: path, fingerprint and (once someone asked for it) the file's full SHA-256
-        weights.bin     every large tensor of every variant, stored once by content, 64-byte aligned
+        weights.bin     every large tensor of every variant, stored once by content, 64-byte aligned: the first
+                        variant's CPU-optimised graph brings onnxruntime's own file of them, renamed into place
         blobs.json      content digest -> [offset, length] in weights.bin, and the file's committed end
         <variant>.onnx  a rewritten graph: its large tensors are external data in weights.bin
         <variant>.json  that graph's manifest (tensor name -> offset, length, dtype, dims); written last, so a
@@ -31,7 +32,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -53,7 +54,7 @@ MIB = 2**20
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
           "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
 # ONNX element types that NumPy holds natively (no ml_dtypes): these tensors go to weights.bin
-_NUMPY_TYPES = {1: "<f4", 2: "|u1", 3: "|i1", 4: "<u2", 5: "<i2", 6: "<i4", 7: "<i8", 9: "|b1", 10: "<f2",
+NUMPY_TYPES = {1: "<f4", 2: "|u1", 3: "|i1", 4: "<u2", 5: "<i2", 6: "<i4", 7: "<i8", 9: "|b1", 10: "<f2",
                 11: "<f8", 12: "<u4", 13: "<u8"}
 _lock = threading.Lock()     # guards the per-process memo dicts below
 _fingerprints: dict[tuple[Any, ...], str] = {}
@@ -251,6 +252,19 @@ def scratch_variant(identity: str, model: onnx.ModelProto) -> Iterator[Variant]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def remove_leftovers(folder: Path) -> None:
+    """Remove the temporary files (see `temporary_name`, `_write_atomic`) of processes that died writing into
+    `folder`: a cold run killed while onnxruntime optimised leaves a graph and a weights file as large as the
+    model, hidden from the size count."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            parts = entry.name.split(".")
+            if entry.name.startswith(".") and len(parts) >= 5 and parts[-1] in ("onnx", "bin", "tmp") \
+                    and parts[-3].isdigit() and parts[-2].isdigit() and not _alive(parts[-3]):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
 def _alive(pid: str) -> bool:
     try:
         os.kill(int(pid), 0)
@@ -264,44 +278,48 @@ def _alive(pid: str) -> bool:
 def externalise(model: onnx.ModelProto, folder: Path, external: Path | None = None) -> dict[str, list[Any]]:
     """Move the main graph's large numeric tensors (initializers, and Constant nodes turned into initializers)
     into folder/weights.bin, leaving external-data references; returns the manifest. Tensors already external
-    are read from `external`."""
-    import numpy as np
-
+    are read from `external` (onnxruntime's optimised graphs): when the model has no weights yet, that file
+    becomes weights.bin itself (renamed, not copied; `external` is then gone)."""
     from onnxcam.graph.protos import TensorProto
 
     graph = model.graph
-    _constants_to_initializers(graph)
-    mapped = None
-    if external is not None and external.is_file() and external.stat().st_size > 0:
-        mapped = np.memmap(external, dtype=np.uint8, mode="r")
-    manifest: dict[str, list[Any]] = {}
+    constants_to_initializers(graph)
+    usable = external is not None and external.is_file() and external.stat().st_size > 0
+    spans = {t.name: _span(t) for t in graph.initializer if usable and t.data_location == TensorProto.EXTERNAL}
+    inline = [t for t in graph.initializer if t.data_location != TensorProto.EXTERNAL
+              and t.data_type in NUMPY_TYPES and _nbytes(t) >= EXTERNAL_MIN]
+    places: dict[str, tuple[int, int]] = {}
     with BlobStore(folder).writer() as put:
-        for tensor in graph.initializer:
-            if tensor.data_type not in _NUMPY_TYPES:
-                continue
-            if tensor.data_location == TensorProto.EXTERNAL:
-                if mapped is None:
-                    continue
-                place = {e.key: e.value for e in tensor.external_data}
-                start = int(place.get("offset", 0))
-                data = mapped[start:start + int(place["length"])].tobytes()
-            elif _nbytes(tensor) >= EXTERNAL_MIN:
-                data = _tensor_bytes(tensor)
-            else:
-                continue
-            offset, length = put(data)
-            manifest[tensor.name] = [offset, length, _NUMPY_TYPES[tensor.data_type], list(tensor.dims)]
-            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                tensor.ClearField(field)
-            tensor.data_location = TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            for key, value in (("location", WEIGHTS), ("offset", str(offset)), ("length", str(length))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
+        if spans:
+            assert external is not None
+            moved = put.take(external, list(spans.values()))
+            places.update({name: moved[span] for name, span in spans.items()})
+        for tensor in inline:
+            places[tensor.name] = put(_tensor_bytes(tensor))
+    manifest: dict[str, list[Any]] = {}
+    for tensor in graph.initializer:
+        if tensor.name not in places:
+            continue
+        offset, length = places[tensor.name]
+        if tensor.data_type in NUMPY_TYPES:  # others (bfloat16...): onnxruntime reads them from weights.bin
+            manifest[tensor.name] = [offset, length, NUMPY_TYPES[tensor.data_type], list(tensor.dims)]
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(field)
+        tensor.data_location = TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in (("location", WEIGHTS), ("offset", str(offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
     return manifest
 
 
-def _constants_to_initializers(graph: onnx.GraphProto) -> None:
+def _span(tensor: onnx.TensorProto) -> tuple[int, int]:
+    """(offset, length) of an external tensor's bytes in its file."""
+    place = {e.key: e.value for e in tensor.external_data}
+    return int(place.get("offset", 0)), int(place["length"])
+
+
+def constants_to_initializers(graph: onnx.GraphProto) -> None:
     """Large Constant nodes (some exporters keep weights in them) become initializers, so they are shared too."""
     from onnxcam.graph.protos import AttributeProto
 
@@ -327,7 +345,7 @@ def _nbytes(tensor: onnx.TensorProto) -> int:
     count = 1
     for d in tensor.dims:
         count *= d
-    return count * int(_NUMPY_TYPES.get(tensor.data_type, "|u1")[2:])
+    return count * int(NUMPY_TYPES.get(tensor.data_type, "|u1")[2:])
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
@@ -335,12 +353,16 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
         return tensor.raw_data
     from onnxcam.graph.protos import to_array
 
-    return to_array(tensor).astype(_NUMPY_TYPES[tensor.data_type]).tobytes()
+    return to_array(tensor).astype(NUMPY_TYPES[tensor.data_type]).tobytes()
 
 
 class BlobStore:
     """weights.bin of one model folder: tensors stored by content, appended under a lock, never rewritten in
-    place (other processes may have the file mapped)."""
+    place (other processes may have the file mapped).
+
+    blobs.json indexes it: {"end": committed end, "blobs": {content digest: [offset, length]}, "unhashed":
+    [[offset, length]...]}; unhashed blobs (those of an adopted onnxruntime file) are hashed by the first writer
+    that has something to store, so a run that stores one variant never reads its weights back."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -348,31 +370,130 @@ class BlobStore:
         self.index_path = folder / "blobs.json"
 
     @contextlib.contextmanager
-    def writer(self) -> Iterator[Callable[[bytes], tuple[int, int]]]:
-        """Yields put(blob) -> (offset, length), appending blobs not stored yet; the index is committed when the
-        block ends, so readers never see a blob that is not wholly written."""
+    def writer(self) -> Iterator[BlobWriter]:
+        """Yields a BlobWriter (put(blob) -> (offset, length), and take); the index is committed when the block
+        ends, so readers never see a blob that is not wholly written."""
         with open(self.folder / ".lock", "a+b") as handle:
             _lock_file(handle)
-            index = _read_json(self.index_path) or {}
-            places: dict[str, list[int]] = index.get("blobs", {})
-            end = int(index.get("end", 0))
-            with open(self.path, "r+b" if self.path.is_file() else "w+b") as data:
-                data.truncate(end)  # a writer killed mid-append left bytes that no index entry points to
+            with BlobWriter(self.path, _read_json(self.index_path) or {}) as writer:
+                yield writer
+            self.path.touch()  # a model without large tensors has an empty one (a variant needs the file)
+            index: dict[str, Any] = {"end": writer.end, "blobs": writer.places}
+            if writer.unhashed:
+                index["unhashed"] = writer.unhashed
+            _write_atomic(self.index_path, json.dumps(index).encode())
 
-                def put(blob: bytes) -> tuple[int, int]:
-                    nonlocal end
-                    digest = hashlib.blake2b(blob, digest_size=20).hexdigest()
-                    if digest not in places:
-                        offset = -(-end // ALIGN) * ALIGN
-                        data.seek(end)
-                        data.write(b"\0" * (offset - end))
-                        data.write(blob)
-                        places[digest] = [offset, len(blob)]
-                        end = offset + len(blob)
-                    return places[digest][0], places[digest][1]
 
-                yield put
-            _write_atomic(self.index_path, json.dumps({"end": end, "blobs": places}).encode())
+class BlobWriter:
+    """Stores blobs in a weights file while its folder's lock is held (see BlobStore.writer)."""
+
+    def __init__(self, path: Path, index: dict[str, Any]) -> None:
+        self.path = path
+        self.end = int(index.get("end", 0))  # the committed end: bytes after it are a killed writer's
+        self.places: dict[str, list[int]] = index.get("blobs", {}) if self.end else {}  # digest -> [offset, length]
+        self.unhashed: list[list[int]] = index.get("unhashed", []) if self.end else []
+        self._file: Any = None
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size > self.end:
+                os.truncate(path, self.end)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __call__(self, blob: Any) -> tuple[int, int]:
+        """put: store `blob` (bytes, or any contiguous buffer) unless the same bytes are stored already."""
+        self._hash_unhashed()
+        return self._add(_digest(blob), blob)
+
+    def take(self, file: Path, spans: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
+        """The blobs at `spans` (offset, length) of `file` (onnxruntime's external initializers) stored; returns
+        span -> (offset, length) in weights.bin.
+
+        While the model has no weights yet, `file` itself becomes weights.bin, renamed (the weights are written
+        once, by onnxruntime) and not read: its blobs stay where onnxruntime put them, indexed as unhashed, but
+        for those it did not align (it packs tensors under 1 MiB) which are stored again, aligned. Otherwise
+        the blobs are hashed (on a few threads) and those not stored yet appended."""
+        size = file.stat().st_size
+        unique = sorted(set(spans))
+        if any(offset < 0 or length < 0 or offset + length > size for offset, length in unique):
+            raise OSError(f"{file}: a tensor lies outside the file")
+        if self.end == 0 and self._adopt(file):
+            kept = [span for span in unique if span[0] % ALIGN == 0]
+            self.unhashed = [list(span) for span in kept]
+            moved = {span: span for span in kept}
+            moved.update(self._store(self.path, [span for span in unique if span[0] % ALIGN]))
+            return moved
+        self._hash_unhashed()
+        return self._store(file, unique)
+
+    def _store(self, file: Path, spans: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
+        if not spans:
+            return {}
+        import numpy as np
+
+        mapped = np.memmap(file, dtype=np.uint8, mode="r")
+        blobs = [mapped[offset:offset + length] for offset, length in spans]
+        return {span: self._add(digest, blob) for span, digest, blob in zip(spans, _digests(blobs), blobs)}
+
+    def _adopt(self, file: Path) -> bool:
+        """`file` becomes weights.bin: only while nothing is committed to it (no manifest can point into it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        try:
+            os.replace(file, self.path)  # same folder: a rename
+        except OSError:  # another file system, or a platform that will not replace a file in use: copy
+            return False
+        self.end = self.path.stat().st_size
+        return True
+
+    def _hash_unhashed(self) -> None:
+        """Index the unhashed blobs by content, before anything is deduplicated against the index."""
+        if not self.unhashed:
+            return
+        import numpy as np
+
+        spans = [(int(offset), int(length)) for offset, length in self.unhashed if offset + length <= self.end]
+        if spans:
+            mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+            blobs = [mapped[offset:offset + length] for offset, length in spans]
+            for (offset, length), digest in zip(spans, _digests(blobs)):
+                self.places.setdefault(digest, [offset, length])
+        self.unhashed = []
+
+    def _add(self, digest: str, blob: Any) -> tuple[int, int]:
+        if digest not in self.places:
+            if self._file is None:
+                self._file = open(self.path, "r+b" if self.path.is_file() else "w+b")
+            offset = -(-self.end // ALIGN) * ALIGN
+            self._file.seek(self.end)
+            self._file.write(b"\0" * (offset - self.end))
+            self._file.write(blob)
+            self.places[digest] = [offset, len(blob)]
+            self.end = offset + len(blob)
+        offset, length = self.places[digest]
+        return offset, length
+
+
+def _digest(blob: Any) -> str:
+    return hashlib.blake2b(blob, digest_size=20).hexdigest()
+
+
+def _digests(blobs: list[Any]) -> list[str]:
+    """The blobs' digests, hashed on a few threads when there is much to hash (hashlib lets go of the GIL on
+    large buffers)."""
+    workers = min(4, os.cpu_count() or 1)
+    if workers < 2 or sum(len(b) for b in blobs) < 16 * MIB:
+        return [_digest(b) for b in blobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(_digest, blobs))
 
 
 def _lock_file(handle: Any) -> None:

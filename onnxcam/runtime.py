@@ -33,6 +33,7 @@ from onnxcam.cache import (
     model_identity,
     model_sha256,
     proto_digest,
+    remove_leftovers,
     scratch_variant,
     store_variant,
     temporary_name,
@@ -180,13 +181,25 @@ def _optimised_session(identity: str, request: object, build: Callable[[], onnx.
             variant = _optimise(identity, name, generic, source)
         else:
             model = build()
-            serialised = _serialised(model)
-            if serialised is not None:
-                del model  # onnxruntime parses the bytes: the ModelProto would be a second copy of the weights
-                variant = _optimise(identity, name, serialised, source)
-            else:
+            weights = _detach_weights(model)
+            graph = _serialised(model)  # the graph alone: its large tensors go to onnxruntime as arrays
+            if graph is None:  # above protobuf's limit even without them
+                _attach_weights(model, weights)
+                del weights
                 with scratch_variant(identity, model) as scratch:
                     variant = _optimise(identity, name, scratch, source)
+            else:
+                del model  # the arrays hold the weights now: the ModelProto would be a second copy of them
+                try:
+                    variant = _optimise(identity, name, graph, source, weights)
+                except OSError as exc:  # (build may hand back the model just taken apart: not asked again)
+                    warn_unwritable(exc)
+                    return _detached_session(graph, weights)
+                except ModelError:  # an onnxruntime that will not take detached tensors: the whole model then
+                    whole = [_whole(graph, weights)]
+                    weights.clear()
+                    variant = _optimise_whole(identity, name, whole, source)
+                del weights  # before the cached graph's session maps the same weights
     return _variant_session(variant, ["CPUExecutionProvider"], optimised=True)
 
 
@@ -227,11 +240,103 @@ def _serialised(model: onnx.ModelProto) -> bytes | None:
         return None
 
 
-def _optimise(identity: str, name: str, model: Variant | bytes, source: object = None) -> Variant:
-    """onnxruntime's optimised graph of `model` (a stored variant, or serialised bytes) for the CPU provider,
-    stored as variant `name`."""
+def _optimise_whole(identity: str, name: str, holder: list[onnx.ModelProto], source: object) -> Variant:
+    """`_optimise` on the model in `holder` (taken out of it, so that no caller keeps it alive), its weights
+    inside: handed over in memory below protobuf's 2 GiB, else as a scratch copy removed afterwards."""
+    model = holder.pop()
+    serialised = _serialised(model)
+    if serialised is not None:
+        del model  # onnxruntime parses the bytes: the ModelProto would be a second copy of the weights
+        return _optimise(identity, name, serialised, source)
+    with scratch_variant(identity, model) as scratch:
+        return _optimise(identity, name, scratch, source)
+
+
+def _detach_weights(model: onnx.ModelProto) -> dict[str, Any]:
+    """Take the main graph's large tensors out of `model` as OrtValues (name -> value, each holding its array),
+    leaving them marked external: onnxruntime is handed them with the graph (SessionOptions.
+    add_external_initializers) instead of parsing them out of serialised bytes, a pass over the weights saved."""
+    from onnxcam.cache import NUMPY_TYPES, constants_to_initializers
+    from onnxcam.graph.protos import TensorProto
+
+    constants_to_initializers(model.graph)
+    used = _consumed(model.graph) | {o.name for o in model.graph.output}
+    weights = {}
+    for tensor in model.graph.initializer:
+        dtype = NUMPY_TYPES.get(tensor.data_type)
+        if dtype is None or tensor.data_location == TensorProto.EXTERNAL or not tensor.HasField("raw_data") \
+                or tensor.name not in used:  # onnxruntime drops unused ones before it looks for detached tensors
+            continue
+        data = tensor.raw_data  # a copy of the bytes (each read of the field makes one)
+        try:
+            array = np.frombuffer(data, np.dtype(dtype)).reshape(tuple(tensor.dims))
+        except ValueError:  # bytes that do not fit the shape: left to onnxruntime to report
+            continue
+        if array.nbytes < EXTERNAL_MIN:
+            continue
+        weights[tensor.name] = ort.OrtValue.ortvalue_from_numpy(array)  # borrows the array and keeps it alive
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", _DETACHED), ("offset", "0"), ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return weights
+
+
+_DETACHED = "onnxcam-detached-weights"  # the location of detached tensors: no file, onnxruntime is given them
+
+
+def _consumed(graph: onnx.GraphProto) -> set[str]:
+    """Names read by the graph's nodes, those of subgraphs (If, Loop, Scan bodies) included."""
+    from onnxcam.graph.protos import AttributeProto
+
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.GRAPH:
+                names |= _consumed(attribute.g)
+            for subgraph in attribute.graphs:
+                names |= _consumed(subgraph)
+    return names
+
+
+def _whole(graph: bytes, weights: dict[str, Any]) -> onnx.ModelProto:
+    """The model of a detached graph, its weights back inside."""
+    from onnxcam.graph.protos import load
+
+    model = load(graph)
+    _attach_weights(model, weights)
+    return model
+
+
+def _attach_weights(model: onnx.ModelProto, weights: dict[str, Any]) -> None:
+    """Undo `_detach_weights` (the model is then written out whole)."""
+    from onnxcam.graph.protos import TensorProto
+
+    for tensor in model.graph.initializer:
+        if tensor.name in weights:
+            tensor.raw_data = weights[tensor.name].numpy().tobytes()
+            tensor.data_location = TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
+def _detached_session(graph: bytes, weights: dict[str, Any]) -> Session:
+    """An in-memory CPU session on a graph whose large tensors were detached (the cache cannot be written)."""
+    options = _session_options()
+    options.add_external_initializers(list(weights), list(weights.values()))
+    session = _new_session(graph, options, ["CPUExecutionProvider"])
+    session.detached = weights  # onnxruntime reads the arrays in place: they live as long as the session
+    return session
+
+
+def _optimise(identity: str, name: str, model: Variant | bytes, source: object = None,
+              detached: dict[str, Any] | None = None) -> Variant:
+    """onnxruntime's optimised graph of `model` (a stored variant, or serialised bytes whose large tensors are
+    `detached`) for the CPU provider, stored as variant `name`."""
     folder = model_folder(identity)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(folder)
     tmp = temporary_name(folder, name)
     graph, blobs = tmp.with_name(tmp.name + ".onnx"), tmp.with_name(tmp.name + ".bin")
     options = _session_options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
@@ -243,6 +348,8 @@ def _optimise(identity: str, name: str, model: Variant | bytes, source: object =
         weights = _shared_weights(model.weights)
         for tensor, value in weights.values(model.manifest).items():
             options.add_initializer(tensor, value)
+    elif detached:
+        options.add_external_initializers(list(detached), list(detached.values()))
     try:
         try:
             ort.InferenceSession(str(model.graph) if isinstance(model, Variant) else model, options,
@@ -377,6 +484,7 @@ class Session:
         self._on_device: dict[str, tuple[np.ndarray, Any]] = {}  # input name -> (read-only array, its OrtValue)
         self.uploads = 0  # arrays copied to the device (bound runs): tells the reuse is working
         self.weights: SharedWeights | None = None  # the mapped tensors this session was given (kept alive)
+        self.detached: dict[str, Any] = {}  # or the arrays it was given (kept alive)
 
     def run(self, names: Sequence[str], feeds: dict[str, Any]) -> list[Any]:
         try:
