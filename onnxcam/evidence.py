@@ -347,7 +347,7 @@ class ModelView:
                     heads["head"] = extract_head(self.model, layer, self.score, scale=scaled)
                 return heads["head"]
             extra = self.ask(f"head inputs {layer} {scaled}", lambda: cut().extra_inputs)
-            session = cached_session(self.identity, ("head", layer, self.score, scaled), lambda: cut().model,
+            session = cached_session(self.identity, ("head", layer, self.score, scaled), lambda: _fresh(cut().model),
                                      self.providers, source=self.source)
             self.sessions[key] = (session, list(extra))
         return self.sessions[key]
@@ -609,3 +609,11 @@ class EvidenceBuilder:
         layout = v.detection_layout(outputs.shape[1:], v.input_size(x)) if v.task == "detect" else None
         objects = resolve_targets(targets, outputs, v.task, layout)
         return (None, targets) if objects is None else (objects, seeds(objects, outputs))
+
+
+def _fresh(model: Any) -> Any:
+    """A copy of a ModelProto: cached_session may take the model it is built apart (moving its weights into the
+    cache) and build it again when the cache turns out unwritable."""
+    copy = type(model)()
+    copy.CopyFrom(model)
+    return copy
