@@ -1,12 +1,13 @@
 """Cost of onnxcam's in-graph gradients relative to a plain forward pass, measured in one run.
 
-Builds a random-weight torchvision ResNet (cached under benchmarks/_models/), then times on the CPU provider:
+Builds a random-weight torchvision ResNet (cached under benchmarks/_models/), then times on the CPU provider
+(or CUDA / TensorRT with --device):
 the unmodified model, and the rewritten model returning scores, activations and gradients at the default layer
 (last stage output), at a middle layer (output of layer3) and at the input. Variants run round-robin, with the
 starting variant rotated each round, so frequency drift and cache effects hit all of them alike; the table shows
 medians and each variant's ratio to the plain forward.
 
-    python benchmarks/gradients.py [--depth 50] [--batch 8] [--size 224] [--repeat 7]
+    python benchmarks/gradients.py [--depth 50] [--batch 8] [--size 224] [--repeat 7] [--device cpu|cuda|tensorrt]
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from onnxcam.runtime import make_session  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "_models"
 BUILDER = ROOT / "models" / "build_resnet.py"
-PROVIDERS = ["CPUExecutionProvider"]
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 def _load_builder():  # models/ is a folder of scripts, not a package
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds (each variant once per round)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each variant first")
+    parser.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
+                        help="execution provider of both the plain and the rewritten model")
     args = parser.parse_args(argv)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
@@ -88,14 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     x = np.random.default_rng(0).standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32)
 
     before = _threads()
-    plain = make_session(path, PROVIDERS)  # same session options as onnxcam's own sessions
+    providers = PROVIDERS[args.device]
+    plain = make_session(path, providers)  # same session options as onnxcam's own sessions
     pool = _threads() - before  # onnxruntime starts intra-op threads - 1 workers per session
     threads = f"{pool + 1} intra-op (1 caller + {pool} pool workers)" if before else "unknown (no /proc)"
 
     setup = time.perf_counter()
-    default = onnxcam.ReverseRunner(path, device="cpu")
-    at_middle = onnxcam.ReverseRunner(path, layers=middle, device="cpu")
-    at_input = onnxcam.ReverseRunner(path, with_input=True, device="cpu")
+    default = onnxcam.ReverseRunner(path, providers=providers)
+    at_middle = onnxcam.ReverseRunner(path, layers=middle, providers=providers)
+    at_input = onnxcam.ReverseRunner(path, with_input=True, providers=providers)
     setup = time.perf_counter() - setup
 
     variants = [
@@ -113,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             variant.times.append(_time(variant.run))
 
     base = statistics.median(variants[0].times)
-    print(f"ResNet-{args.depth}, batch {args.batch} x 3 x {args.size} x {args.size}, float32, CPUExecutionProvider; "
-          f"onnxruntime {ort.__version__}, onnxcam {onnxcam.__version__}")
+    print(f"ResNet-{args.depth}, batch {args.batch} x 3 x {args.size} x {args.size}, float32, "
+          f"{'+'.join(plain.get_providers())}; onnxruntime {ort.__version__}, onnxcam {onnxcam.__version__}")
     print(f"CPU: {_cpu_name()} ({os.cpu_count()} logical CPUs); onnxruntime threads: {threads}")
     print(f"median of {args.repeat} round-robin rounds after {args.warmup} warm-up runs each; "
           f"rewrite + session setup {setup:.1f} s (cached rewrites load faster)")

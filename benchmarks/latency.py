@@ -1,9 +1,10 @@
 """Time to first map, memory and disk for one image through ResNet-50, against a bare onnxruntime script.
 
-    python benchmarks/latency.py [--depth 50] [--size 224] [--repeat 3] [--batch 8] [--calls 6]
+    python benchmarks/latency.py [--depth 50] [--size 224] [--repeat 3] [--batch 8] [--calls 6] [--device cpu]
 
-Every measurement runs in a fresh Python process (the way a user meets onnxcam), on the CPU provider with
-onnxruntime's default thread count, on a random-weight torchvision ResNet built without torch
+Every measurement runs in a fresh Python process (the way a user meets onnxcam), on the CPU provider (CUDA or
+TensorRT with --device cuda / tensorrt, for the bare script and onnxcam alike) with onnxruntime's default thread
+count, on a random-weight torchvision ResNet built without torch
 (models/build_resnet.py, cached in benchmarks/_models/) and one 640 x 480 JPEG:
 
   bare script      python: import onnxruntime + OpenCV, create a session on the model, decode and resize the image,
@@ -39,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gradients import resnet_path  # noqa: E402  (the torch-free ResNet builder and its cache)
+from gradients import PROVIDERS, resnet_path  # noqa: E402  (the torch-free ResNet builder and its cache)
 
 FIVE_METHODS = "gradcam,gradcam++,eigencam,ablationcam,reciprocam"
 
@@ -49,7 +50,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(sys.argv[1], providers=sys.argv[4].split(","))
 size = int(sys.argv[3])
 rgb = cv2.cvtColor(cv2.imread(sys.argv[2]), cv2.COLOR_BGR2RGB)
 pixels = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
@@ -66,13 +67,13 @@ import onnxcam
 
 path, batch, size, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-plain = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+plain = ort.InferenceSession(path, providers=sys.argv[5].split(","))
 name = plain.get_inputs()[0].name
 plain.run(None, {name: x})
 forward, per_call = [], []
 for i in range(calls):  # interleaved, so load changes hit both alike
     start = time.perf_counter()
-    onnxcam.gradients(path, x, device="cpu")
+    onnxcam.gradients(path, x, device=sys.argv[6])
     per_call.append(time.perf_counter() - start)
     start = time.perf_counter()
     plain.run(None, {name: x})
@@ -126,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each timed process (median)")
     parser.add_argument("--batch", type=int, default=8, help="batch of the gradients loop")
     parser.add_argument("--calls", type=int, default=6, help="onnxcam.gradients calls in the loop")
+    parser.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
+                        help="execution provider of the bare script and of onnxcam (cuda, tensorrt: a GPU machine)")
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="the onnxcam checkout to measure (default: this one), e.g. an older commit's")
     args = parser.parse_args(argv)
+    providers = PROVIDERS[args.device]
 
     model, _ = resnet_path(args.depth, args.size)
     checkout = args.root.resolve()
@@ -149,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         image = root / "photo.jpg"
         write_image(image)
-        bare_cmd = [python, "-c", BARE, str(model), str(image), str(args.size)]
-        explain = [python, "-m", "onnxcam", "explain", str(model), str(image), "--device", "cpu"]
+        bare_cmd = [python, "-c", BARE, str(model), str(image), str(args.size), ",".join(providers)]
+        explain = [python, "-m", "onnxcam", "explain", str(model), str(image), "--device", args.device]
         bare, cold, warm, bare_rss = [], [], [], []
         for i in range(args.repeat):
             seconds, peak, _ = measured(bare_cmd, env)
@@ -173,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
         loop_cache = root / "cache-loop"
         _, loop_rss, out = measured([python, "-c", LOOP, str(model), str(args.batch), str(args.size),
-                                     str(args.calls)], {**env, "ONNXCAM_CACHE": str(loop_cache)})
+                                     str(args.calls), ",".join(providers), args.device],
+                                    {**env, "ONNXCAM_CACHE": str(loop_cache)})
         loop = json.loads(out.strip().splitlines()[-1])
 
     leftovers = len(_temporary_folders() - before)  # an unwritable cache must not leave one per run
