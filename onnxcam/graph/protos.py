@@ -31,20 +31,25 @@ def _load_parts() -> tuple[ModuleType, ModuleType]:
     """onnx's message module and C++ extension: from sys.modules when onnx (or this module) loaded them already,
     else from the package's files without running its __init__; the whole package when its layout is not the one
     expected (a build without ONNX-ML, a future rename)."""
+    if "onnx" in sys.modules:  # (perhaps still being imported by another thread: the import waits for it)
+        return _whole_package()
     if _MESSAGES in sys.modules and _NATIVE in sys.modules:
         return sys.modules[_MESSAGES], sys.modules[_NATIVE]
     spec = importlib.util.find_spec("onnx")
     folder = Path(next(iter(spec.submodule_search_locations or []), "")) if spec is not None else None
     extensions = [folder / f"onnx_cpp2py_export{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
                   if folder is not None and (folder / f"onnx_cpp2py_export{suffix}").is_file()]
-    if "onnx" in sys.modules or folder is None or not (folder / "onnx_ml_pb2.py").is_file() or not extensions:
-        import onnx
-
-        return onnx.onnx_ml_pb2, onnx.onnx_cpp2py_export
+    if folder is None or not (folder / "onnx_ml_pb2.py").is_file() or not extensions:
+        return _whole_package()
     native = _load_module(_NATIVE, extensions[0], importlib.machinery.ExtensionFileLoader(_NATIVE, str(extensions[0])))
     messages = _load_module(_MESSAGES, folder / "onnx_ml_pb2.py")
     sys.meta_path.insert(0, _BindParts())
     return messages, native
+
+
+def _whole_package() -> tuple[ModuleType, ModuleType]:
+    importlib.import_module("onnx")  # which imports both
+    return sys.modules[_MESSAGES], sys.modules[_NATIVE]
 
 
 def _load_module(name: str, path: Path, loader: importlib.machinery.ExtensionFileLoader | None = None) -> ModuleType:
