@@ -215,6 +215,24 @@ def test_conv_constant_weights_give_data_gradient_only() -> None:
     assert [n.op_type for n in built.model.graph.node].count("Conv") == 1
 
 
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv_data_gradient_with_constant_weights(case: int) -> None:
+    """Constant weights (every exported model's): with stride 1 the data gradient is a Conv over flipped,
+    channel-swapped weights (per group), else a ConvTranspose; both match finite differences."""
+    x_shape, w_shape, attrs = CONV_CASES[case]
+    rng = np.random.default_rng(100 + case)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    weights = {"w": rng.standard_normal(w_shape).astype(np.float32),
+               "b": rng.standard_normal(w_shape[0]).astype(np.float32)}
+    check_op("Conv", {"x": x}, weights, opset=(13, 18)[case % 2], **attrs)
+    built = gradient_model(load_model(make_op_model("Conv", {"x": x}, weights, opset=(13, 18)[case % 2], **attrs)),
+                           ["x"], input_gradient=True, output="y0", probabilities=True)
+    ops = [n.op_type for n in built.model.graph.node]
+    stride_one = all(s == 1 for s in attrs.get("strides", [1]))
+    assert ops.count("ConvTranspose") == (0 if stride_one else 1), ops
+    assert ops.count("Conv") == (2 if stride_one else 1), ops
+
+
 # --- ConvTranspose --------------------------------------------------------------------------------------------------
 
 CONV_TRANSPOSE_CASES: list[tuple[tuple[int, ...], tuple[int, ...], dict[str, Any]]] = [

@@ -60,6 +60,16 @@ class Builder:
             self._shapes[name] = tuple(array.shape)
         return self._consts[key]
 
+    def weight(self, array: np.ndarray, hint: str) -> str:
+        """A new initializer holding `array`, not shared like `const`'s (keying large arrays by their bytes would
+        hold a second copy of them)."""
+        name = self.fresh(hint)
+        tensor = from_array(np.ascontiguousarray(array), name)
+        self._new_initializers.append(tensor)
+        self.initializers[name] = tensor
+        self._shapes[name] = tuple(array.shape)
+        return name
+
     def ints(self, values: Sequence[int]) -> str:
         return self.const(np.asarray(list(values), dtype=np.int64))
 
