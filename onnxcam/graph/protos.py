@@ -6,7 +6,7 @@ that for models in NumPy's own types, so it takes onnx's generated message modul
 extension (shape inference, version conversion, schemas) straight from the installed package, under their own
 names. A later `import onnx` finds both in sys.modules and reuses them: `onnx.ModelProto is ModelProto`, so
 models pass freely between user code and onnxcam. Whatever needs ml_dtypes (tensors in bfloat16, float8, 4-bit
-or string types, the reference evaluator) imports onnx when it is met.
+or string types) imports onnx when it is met.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ IR_VERSION = int(_messages.Version.Value("IR_VERSION"))
 
 
 def _onnx() -> Any:
-    """The whole onnx package, for what only it does (ml_dtypes types, the reference evaluator)."""
+    """The whole onnx package, for what only it does (the types NumPy lacks, through ml_dtypes)."""
     import onnx
 
     return onnx
