@@ -155,6 +155,7 @@ def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes
 @given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
        cut=st.one_of(st.none(), st.integers(0, len(SMALL_MODEL))))
 @example(edits=[(9, 10)], cut=None)  # a line break inside a tensor name that the message quotes (found by CI)
+@example(edits=[(357, 0)], cut=None)  # an input of element type 0 (UNDEFINED), which NumPy has no dtype for (CI)
 def test_fuzzed_model_bytes_load_or_fail_cleanly(edits, cut):
     data = _mutate(SMALL_MODEL, edits, cut)
     try:

@@ -589,7 +589,10 @@ def _zero_feeds(model: ModelProto) -> list[dict[str, np.ndarray]] | None:
         dynamic_batch |= bool(dims) and not isinstance(dims[0], int)
         if int(np.prod([int(d) for d in dims[1:] if isinstance(d, int)], dtype=np.int64)) > _RUN_LIMIT:
             return None  # a run on an input this large would allocate more than any image we accept
-        dtype = np_dtype(value.type.tensor_type.elem_type)
+        try:
+            dtype = np_dtype(value.type.tensor_type.elem_type)
+        except ValueError:  # an input of no numeric type: onnxruntime says what is wrong when the model is run
+            return None
         for batch, feed in zip((1, 2), feeds):
             shape = [batch if not isinstance(d, int) else d for d in dims]
             feed[value.name] = np.zeros(shape, dtype)

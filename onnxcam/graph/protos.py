@@ -148,7 +148,10 @@ def np_dtype(elem_type: int) -> np.dtype[Any]:
     native = NUMPY_TYPES.get(elem_type)
     if native is not None:
         return native
-    return np.dtype(_onnx().helper.tensor_dtype_to_np_dtype(elem_type))
+    try:
+        return np.dtype(_onnx().helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError) as exc:  # UNDEFINED (0), STRING's object, or a number onnx does not know
+        raise ValueError(f"ONNX element type {elem_type} has no NumPy dtype") from exc
 
 
 def type_name(elem_type: int) -> str:
