@@ -53,9 +53,6 @@ EXTERNAL_MIN = 1024          # smaller tensors stay inside the graph file
 MIB = 2**20
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
           "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
-# ONNX element types that NumPy holds natively (no ml_dtypes): these tensors go to weights.bin
-NUMPY_TYPES = {1: "<f4", 2: "|u1", 3: "|i1", 4: "<u2", 5: "<i2", 6: "<i4", 7: "<i8", 9: "|b1", 10: "<f2",
-                11: "<f8", 12: "<u4", 13: "<u8"}
 _lock = threading.Lock()     # guards the per-process memo dicts below
 _fingerprints: dict[tuple[Any, ...], str] = {}
 _warned: set[str] = set()
@@ -287,7 +284,7 @@ def externalise(model: onnx.ModelProto, folder: Path, external: Path | None = No
     usable = external is not None and external.is_file() and external.stat().st_size > 0
     spans = {t.name: _span(t) for t in graph.initializer if usable and t.data_location == TensorProto.EXTERNAL}
     inline = [t for t in graph.initializer if t.data_location != TensorProto.EXTERNAL
-              and t.data_type in NUMPY_TYPES and _nbytes(t) >= EXTERNAL_MIN]
+              and stored_dtype(t.data_type) and _nbytes(t) >= EXTERNAL_MIN]
     places: dict[str, tuple[int, int]] = {}
     with BlobStore(folder).writer() as put:
         if spans:
@@ -301,8 +298,9 @@ def externalise(model: onnx.ModelProto, folder: Path, external: Path | None = No
         if tensor.name not in places:
             continue
         offset, length = places[tensor.name]
-        if tensor.data_type in NUMPY_TYPES:  # others (bfloat16...): onnxruntime reads them from weights.bin
-            manifest[tensor.name] = [offset, length, NUMPY_TYPES[tensor.data_type], list(tensor.dims)]
+        dtype = stored_dtype(tensor.data_type)
+        if dtype:  # others (bfloat16...): onnxruntime reads them from weights.bin
+            manifest[tensor.name] = [offset, length, dtype, list(tensor.dims)]
         for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
             tensor.ClearField(field)
         tensor.data_location = TensorProto.EXTERNAL
@@ -311,6 +309,15 @@ def externalise(model: onnx.ModelProto, folder: Path, external: Path | None = No
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
     return manifest
+
+
+def stored_dtype(elem_type: int) -> str | None:
+    """The little-endian NumPy type string ('<f4', '|u1'...) under which weights.bin holds tensors of an ONNX
+    element type: NumPy's own real types (graph/protos.py's table); None for the others (bfloat16, complex...)."""
+    from onnxcam.graph.protos import NUMPY_TYPES
+
+    dtype = NUMPY_TYPES.get(elem_type)
+    return None if dtype is None or dtype.kind == "c" else dtype.newbyteorder("<").str
 
 
 def _span(tensor: onnx.TensorProto) -> tuple[int, int]:
@@ -345,7 +352,7 @@ def _nbytes(tensor: onnx.TensorProto) -> int:
     count = 1
     for d in tensor.dims:
         count *= d
-    return count * int(NUMPY_TYPES.get(tensor.data_type, "|u1")[2:])
+    return count * int((stored_dtype(tensor.data_type) or "|u1")[2:])
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
@@ -353,7 +360,7 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
         return tensor.raw_data
     from onnxcam.graph.protos import to_array
 
-    return to_array(tensor).astype(NUMPY_TYPES[tensor.data_type]).tobytes()
+    return to_array(tensor).astype(stored_dtype(tensor.data_type)).tobytes()
 
 
 class BlobStore:

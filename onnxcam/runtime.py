@@ -256,14 +256,14 @@ def _detach_weights(model: onnx.ModelProto) -> dict[str, Any]:
     """Take the main graph's large tensors out of `model` as OrtValues (name -> value, each holding its array),
     leaving them marked external: onnxruntime is handed them with the graph (SessionOptions.
     add_external_initializers) instead of parsing them out of serialised bytes, a pass over the weights saved."""
-    from onnxcam.cache import NUMPY_TYPES, constants_to_initializers
+    from onnxcam.cache import constants_to_initializers, stored_dtype
     from onnxcam.graph.protos import TensorProto
 
     constants_to_initializers(model.graph)
     used = _consumed(model.graph) | {o.name for o in model.graph.output}
     weights = {}
     for tensor in model.graph.initializer:
-        dtype = NUMPY_TYPES.get(tensor.data_type)
+        dtype = stored_dtype(tensor.data_type)
         if dtype is None or tensor.data_location == TensorProto.EXTERNAL or not tensor.HasField("raw_data") \
                 or tensor.name not in used:  # onnxruntime drops unused ones before it looks for detached tensors
             continue
